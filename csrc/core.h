@@ -1,0 +1,56 @@
+// Internal interface of the shim's core, used by interpose/ and csrc/snapshot/.
+// Nothing here is exported (the library builds with -fvisibility=hidden); the only exported
+// symbols are the C API in jitc.h and the interposed functions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace jitc {
+
+// True once the shim is active in this process (jitc_init ran, or auto-activation below).
+// A relaxed atomic load: safe and cheap on every interposed call.
+bool active();
+
+// For interposers: activate the shim if this process is a rank (RANK set) and jitc is in
+// use (JITC_SOCKET or JITC_DIR set). Returns active(). Cheap after the first call.
+bool auto_activate();
+
+// Report a failure to the supervisor (or, in shim-only mode, start the local recovery).
+// kind: "cuda-error" | "nccl-error" | "nccl-hang" | "hang" | ...; error: symbolic name
+// (e.g. "cudaErrorIllegalAddress"); code: numeric code. Thread-safe; NOT signal-safe.
+// Reports the same (kind, error) once per step at most.
+void report_failure(const char* kind, const char* error, long code, const char* detail);
+
+// Hang timeout now in force, seconds (fixed or derived from step times).
+double hang_timeout_s();
+
+// Monotonic clock, nanoseconds.
+uint64_t now_ns();
+
+// Pollers run on the agent thread once per tick (every ~50 ms), never under the GIL.
+// The NCCL interposer registers one that queries its recorded events. A poller must not
+// block. Registration is thread-safe; at most 8 pollers.
+using Poller = void (*)(uint64_t now_ns);
+void add_poller(Poller p);
+
+// Faults armed by jitc_fault_arm(); an interposer takes (consumes) its kind when it fires.
+enum class Fault { None = 0, CudaError = 1, NcclError = 2, NcclHang = 3 };
+bool take_fault(Fault f);
+
+// Logging: only with JITC_DEBUG=1, to stderr, "[jitc pid:tid] ..." (invariant I7).
+void debug(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// GPU side of the snapshot engine, implemented in interpose/cudart.cpp with the *real*
+// runtime functions: copy n bytes from device memory src (on device `device`) into host
+// memory dst, on the shim's own non-blocking stream, waiting with cudaStreamQuery polls
+// (never a blocking call) up to timeout_s. Returns false with a reason in *why if CUDA is
+// not loaded, the copy failed, or it timed out.
+bool device_to_host(void* dst, const void* src, size_t n, int device, double timeout_s,
+                    const char** why);
+// Pinned host memory for staging (cudaHostAlloc via the real function); falls back to
+// plain malloc when CUDA is not loaded. Free with free_host().
+void* alloc_host(size_t n);
+void free_host(void* p);
+
+}  // namespace jitc

@@ -1,0 +1,63 @@
+// The snapshot engine: the registry of state tensors and the GIL-free stripe writer.
+// Called from the C API (registry, periodic/shim-only writes) and from the agent thread
+// (supervisor SNAPSHOT commands). Never touches Python.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace jitc::snapshot {
+
+struct Entry {
+  std::string name;
+  const void* ptr = nullptr;
+  uint64_t nbytes = 0;
+  std::string dtype;            // safetensors dtype string: "F32", "BF16", "I64", "U8", ...
+  std::vector<int64_t> shape;
+  int device = -1;              // -1 CPU, >= 0 CUDA device
+};
+
+// One piece of one stripe: elements [start, end) of entry `index` (whole tensor if it fits).
+struct Chunk {
+  size_t index;
+  uint64_t start, end;          // element range
+  std::string key;              // name in the stripe file: "<name>" or "<name>@<start>:<end>"
+};
+
+// Pure function of the registry: which chunks stripe j of k holds. Same result on every
+// replica that registered the same tensors (see docs/internals.md).
+std::vector<std::vector<Chunk>> assign_stripes(const std::vector<Entry>& entries, int k);
+
+// Registry (thread-safe). begin/add/commit build a new generation and swap it in; a
+// snapshot in progress keeps reading the generation it started with.
+void registry_begin();
+bool registry_add(Entry e, std::string* why);
+void registry_commit();
+// Small replicated state blob, stored as a U8 tensor named "__jitc_meta__".
+void set_meta(const void* data, size_t n);
+// Fingerprint of the committed registry (names, dtypes, shapes), hex; "" if none.
+std::string fingerprint();
+uint64_t registered_bytes();
+
+struct StripeResult {
+  int stripe = -1;
+  bool ok = false;
+  std::string file;             // path written
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+  std::string error;
+};
+
+// Write the given stripes (of nstripes) for the committed registry into dir: each to
+// "<dir>/stripe-<j>-of-<k>.safetensors" via a temporary name, fsync, rename, then the
+// "<...>.done" record; stripes written in parallel (up to 4 threads). The caller (core)
+// guarantees the optimizer window is closed for the duration (invariant I1).
+std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
+                                        const std::vector<int>& stripes, int64_t step,
+                                        double timeout_s);
+
+// CRC32C (Castagnoli), incremental: crc = crc32c(crc, data, n), start with 0.
+uint32_t crc32c(uint32_t crc, const void* data, size_t n);
+
+}  // namespace jitc::snapshot
