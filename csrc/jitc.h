@@ -112,6 +112,10 @@ JITC_API int jitc_set_meta(const void *data, size_t nbytes);
 JITC_API int jitc_snapshot_write(const char *dir, int nstripes, const int *stripes,
                                  int nlist, double timeout_s, int64_t *step_out);
 
+/* CRC32C (Castagnoli) of n bytes, continuing from crc (start with 0). Hardware-accelerated
+ * where the CPU has it; the snapshot checksums use it, and Python verifies with it. */
+JITC_API uint32_t jitc_crc32c(uint32_t crc, const void *data, size_t n);
+
 /* Fault helpers used by jitc/faults.py. */
 JITC_API void jitc_fault_segv(void);                 /* a real invalid memory access */
 JITC_API int jitc_fault_arm(const char *kind);       /* "cuda-error" | "nccl-error" | "nccl-hang" */

@@ -1,0 +1,99 @@
+"""Restoring a rank from a snapshot: which one, and how it goes back into live objects.
+
+Parameters, buffers and optimizer state are copied into the user's own tensors (devices
+kept); optimizer state that does not exist yet (Adam creates it lazily) is created from the
+snapshot. Hyper-parameters, scheduler and user extras come from the pickled meta record.
+RNG streams need nothing: they are a function of (seed, rank, step) (see rng.py).
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+
+from . import env
+from . import state as st
+from .errors import CorruptSnapshotError, NoSnapshotError
+
+log = logging.getLogger("jitc")
+
+
+def choose(supervised: bool):
+    """(manifest path, loaded snapshot) to resume from, or (None, None): JITC_RESUME (supervisor), else in shim-only mode the
+    newest complete snapshot under JITC_DIR. A corrupt JITC_RESUME falls back to the newest
+    older complete snapshot; if there is none, that is an error, never a fresh start."""
+    from .snapshot import latest_complete, load
+    named = env.get(env.RESUME)
+    root = env.get(env.DIR)
+    path = None
+    if named:
+        try:
+            return Path(named), load(Path(named), verify=True)
+        except CorruptSnapshotError as e:
+            log.error("jitc: %s; looking for an older complete snapshot", e)
+            path = latest_complete(Path(root)) if root else None
+            if path is None:
+                raise NoSnapshotError(f"cannot resume: {e}, and no older complete snapshot") from e
+    elif not supervised and root and Path(root).is_dir():
+        path = latest_complete(Path(root))
+    # latest_complete verified it already; load it again only to map the tensors.
+    return (path, load(path, verify=False)) if path is not None else (None, None)
+
+
+def restore(session) -> tuple[int, Path | None]:
+    """Load the chosen snapshot into the session's objects; (first step to run, path)."""
+    path, snap = choose(session.supervised)
+    if path is None:
+        return 0, None
+    _check_same_model(session, snap, path)
+    meta = pickle.loads(snap.meta) if snap.meta else {}
+    with torch.no_grad():
+        for item in st.model_tensors(session.model):
+            item.tensor.copy_(snap.tensors[item.name])
+        _restore_optimizer(session.optimizer, snap.tensors, meta.get("optim"))
+    if session.scheduler is not None and meta.get("scheduler") is not None:
+        session.scheduler.load_state_dict(meta["scheduler"])
+    for name, obj in session.extra_state.items():
+        if name in meta.get("extra", {}):
+            obj.load_state_dict(meta["extra"][name])
+    return snap.step, path
+
+
+def _check_same_model(session, snap, path: Path) -> None:
+    expected = {i.name: i.tensor for i in st.model_tensors(session.model)}
+    have = {k for k in snap.tensors if k.startswith("model.")}
+    missing, unexpected = sorted(set(expected) - have), sorted(have - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CorruptSnapshotError(f"{path}: snapshot is from another model ({what})")
+    for name, tensor in expected.items():
+        saved = snap.tensors[name]
+        if saved.shape != tensor.shape or saved.dtype != tensor.dtype:
+            raise CorruptSnapshotError(
+                f"{path}: snapshot is from another model ({name}: saved {saved.dtype}"
+                f"{list(saved.shape)}, model has {tensor.dtype}{list(tensor.shape)})")
+
+
+def _restore_optimizer(optimizer, tensors: dict, scalars: dict | None) -> None:
+    params = st.optimizer_params(optimizer)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, saved in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, index, key = name.split(".", 2)
+        param = params[int(index)]
+        state = optimizer.state[param]
+        if key in state and isinstance(state[key], torch.Tensor):
+            state[key].copy_(saved)
+            continue
+        group = group_of[id(param)]
+        # torch keeps Adam's "step" on the CPU unless the optimizer is capturable or fused.
+        on_cpu = key == "step" and not (group.get("capturable") or group.get("fused"))
+        state[key] = saved.clone().to("cpu" if on_cpu else param.device)
+    if scalars:
+        for group, saved in zip(optimizer.param_groups, scalars.get("param_groups", [])):
+            group.update(saved)
+        for index, extra in scalars.get("per_param", {}).items():
+            optimizer.state[params[int(index)]].update(extra)

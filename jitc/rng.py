@@ -1,0 +1,37 @@
+"""Per-rank random streams that survive the loss of the rank.
+
+The failed rank's RNG state dies with it, yet its replacement must draw the same numbers
+(dropout masks, augmentation) as the lost process would have. Rather than ship every rank's
+RNG state off-process every step, jitc re-seeds each stream at every step boundary from
+(seed, rank, step): any rank's streams at any step are then a pure function of values every
+replacement knows. Seeded: torch (CPU and every CUDA device), Python's ``random``, numpy's
+global generator.
+
+WARNING: this replaces the user's own seeding inside ``session.steps()``; two runs with the
+same seed draw the same numbers with or without failures, which is the point, but not the
+same numbers as the script without jitc.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+
+import torch
+
+try:
+    import numpy as np
+except ImportError:  # numpy is a dependency, but keep the RNG policy usable without it
+    np = None
+
+
+def derive(seed: int, rank: int, step: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{rank}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def reseed(seed: int, rank: int, step: int) -> None:
+    value = derive(seed, rank, step)
+    torch.manual_seed(value)          # also seeds every CUDA device (lazily)
+    random.seed(value)
+    if np is not None:
+        np.random.seed(value & 0xFFFFFFFF)

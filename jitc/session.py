@@ -1,0 +1,281 @@
+"""``jitc.protect()``: the few lines a training script adds.
+
+The session registers the rank's training state with the shim (so the native agent can write
+it without Python), marks step boundaries, phases and the optimizer window (invariant I1),
+restores everything on restart, and fires injected faults. The user's loop is unchanged
+beyond ``protect`` and ``steps``/``batches``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+
+from . import env, excepthook, rng
+from . import faults as faults_mod
+from . import state as st
+from ._shim import check, ffi_lib
+from .data import check_resumable, epoch_iterator
+from .errors import JitcError, SnapshotError
+from .resume import restore
+
+PHASE = {"idle": 0, "forward": 1, "backward": 2, "optimizer": 3}
+OPTIMIZER_WAIT_S = 600.0     # how long optimizer.step() waits for a running snapshot
+LOCAL_SNAPSHOT_TIMEOUT_S = 300.0
+EXIT_AFTER_LOCAL_SNAPSHOT = 75   # shim-only mode: "snapshot written, restart me"
+
+
+def _rank_info() -> tuple[int, int, int]:
+    rank, local_rank, world = env.rank_info()
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return rank, local_rank, world
+
+
+def _attempt() -> int:
+    # Under the supervisor JITC_ATTEMPT; under torchrun --max-restarts its restart count.
+    return env.get_int(env.ATTEMPT, env.get_int("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+class Session:
+    """A protected training run on this rank. Create it with :func:`protect`."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                 scheduler=None, extra_state: Mapping[str, Any] | None = None,
+                 seed: int | None = None, stage: int | None = None,
+                 num_stages: int | None = None, periodic_every: int | None = None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.extra_state = dict(extra_state or {})
+        for name, obj in self.extra_state.items():
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+                raise JitcError(f"extra_state[{name!r}] needs state_dict() and load_state_dict()")
+        self.seed = int(torch.initial_seed() if seed is None else seed)
+        self.rank, self.local_rank, self.world_size = _rank_info()
+        self.stage = 0 if stage is None else int(stage)
+        self.num_stages = 1 if num_stages is None else int(num_stages)
+        if not 0 <= self.stage < self.num_stages:
+            raise JitcError(f"stage {self.stage} is outside 0..{self.num_stages - 1}")
+        self.periodic_every = periodic_every
+        self.attempt = _attempt()
+        self.step = -1
+        self._ffi, self._lib = ffi_lib()
+        check(self._lib.jitc_init(self.rank, self.local_rank, self.world_size,
+                                  self.stage, self.num_stages), "jitc_init")
+        self.supervised = bool(self._lib.jitc_supervised())
+        self._registered: list[st.StateTensor] = []
+        self._opt_state_size = -1
+        self._has_scalar_state = False
+        self._periodic_thread: threading.Thread | None = None
+        self._in_backward = False
+        self._register()
+        self.start_step, self.resumed_from = restore(self)
+        if self.resumed_from is not None:
+            self._register()
+            self._lib.jitc_report_resumed(self.start_step, str(self.resumed_from).encode())
+        specs = faults_mod.parse_specs([env.get(env.INJECT, "")])
+        self._injector = faults_mod.Injector(specs, self.rank, self.attempt, self._announce)
+        self._install_hooks()
+        excepthook.install(self._on_exception)
+
+    # -- registration ------------------------------------------------------------------
+    def state_tensors(self) -> list[st.StateTensor]:
+        return st.model_tensors(self.model) + st.optimizer_tensors(self.optimizer)
+
+    def _register(self) -> None:
+        items = self.state_tensors()
+        st.check_registrable(items)
+        lib, ffi = self._lib, self._ffi
+        check(lib.jitc_registry_begin(), "jitc_registry_begin")
+        for item in items:
+            t = item.tensor.detach()
+            shape = ffi.new("int64_t[]", list(t.shape) or [0])
+            device = t.device.index if t.device.type == "cuda" else -1
+            check(lib.jitc_registry_add(item.name.encode(), ffi.cast("void *", t.data_ptr()),
+                                        t.numel() * t.element_size(), st.DTYPES[t.dtype].encode(),
+                                        shape, t.dim(), device), f"register {item.name}")
+        check(lib.jitc_registry_commit(), "jitc_registry_commit")
+        self._registered = items   # keeps every registered tensor alive
+        self._opt_state_size = st.optimizer_state_size(self.optimizer)
+        self._has_scalar_state = bool(st.optimizer_scalars(self.optimizer)["per_param"])
+
+    def _meta(self, completed: int) -> bytes:
+        optim = st.optimizer_scalars(self.optimizer) if self._has_scalar_state else {
+            "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                             for g in self.optimizer.param_groups], "per_param": {}}
+        return pickle.dumps({
+            "completed": completed, "seed": self.seed, "optim": optim,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
+        }, protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- hooks -------------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        self.model.register_forward_pre_hook(lambda *_: self._lib.jitc_mark())
+        self.model.register_forward_hook(self._after_forward)
+        params = [p for p in st.unwrap(self.model).parameters() if p.requires_grad]
+        if params:
+            # The first parameter's gradient is normally the last one computed: once it is
+            # accumulated, backward's own work is done and only the all-reduce may remain.
+            params[0].register_post_accumulate_grad_hook(lambda _p: self._lib.jitc_mark())
+        self.optimizer.register_step_pre_hook(self._before_optimizer)
+        self.optimizer.register_step_post_hook(self._after_optimizer)
+
+    def _after_forward(self, _module, _inputs, output) -> None:
+        tensor = _first_grad_tensor(output)
+        if tensor is not None and self.step >= 0:
+            tensor.register_hook(self._on_backward_start)
+
+    def _on_backward_start(self, grad):
+        if not self._in_backward:
+            self._in_backward = True
+            self._lib.jitc_set_phase(PHASE["backward"])
+            self._lib.jitc_mark()
+            self._fire("backward")
+        return grad
+
+    def _before_optimizer(self, *_args) -> None:
+        self._lib.jitc_set_phase(PHASE["optimizer"])
+        self._fire("optimizer")
+        status = self._lib.jitc_optimizer_begin(OPTIMIZER_WAIT_S)
+        check(status, "optimizer window (a snapshot is being written)")
+
+    def _after_optimizer(self, *_args) -> None:
+        self._lib.jitc_optimizer_end()
+        if st.optimizer_state_size(self.optimizer) != self._opt_state_size:
+            self._register()   # the optimizer created its state (first step) or changed it
+
+    # -- the loop ----------------------------------------------------------------------
+    def steps(self, total: int) -> Iterator[int]:
+        """Yield the step indices still to run, from the resume step up to ``total``."""
+        for step in range(self.start_step, total):
+            self._begin(step)
+            yield step
+        self._finish(total)
+
+    def batches(self, loader, total: int) -> Iterator[tuple[int, Any]]:
+        """Like :meth:`steps`, also yielding the loader's batch for each step, one batch a
+        step, epochs following each other; a resumed run starts at the right batch."""
+        check_resumable(loader)
+        per_epoch = len(loader)
+        if per_epoch == 0:
+            raise JitcError("session.batches(): the loader has no batches")
+        iterator = None
+        for step in range(self.start_step, total):
+            epoch, index = divmod(step, per_epoch)
+            if iterator is None or index == 0:
+                iterator = epoch_iterator(loader, epoch, index, self.seed, self.rank)
+            batch = next(iterator)
+            self._begin(step)
+            yield step, batch
+        self._finish(total)
+
+    def _begin(self, step: int) -> None:
+        # Order matters (I1): the meta for `step` is handed over while the window of the
+        # previous optimizer step is still open, then step_begin closes it.
+        check(self._set_meta(step), "jitc_set_meta")
+        check(self._lib.jitc_step_begin(step), "jitc_step_begin")
+        self.step = step
+        self._in_backward = False
+        rng.reseed(self.seed, self.rank, step)
+        if self.periodic_every and step > self.start_step and step % self.periodic_every == 0:
+            self._start_periodic(step)
+        self._fire("forward")
+
+    def _set_meta(self, step: int) -> int:
+        blob = self._meta(step)
+        return self._lib.jitc_set_meta(blob, len(blob))
+
+    def _finish(self, total: int) -> None:
+        if self._periodic_thread is not None:
+            self._periodic_thread.join()
+        self._set_meta(total)
+        check(self._lib.jitc_steps_finished(total), "jitc_steps_finished")
+        self._lib.jitc_shutdown(1)
+
+    # -- faults and failures -----------------------------------------------------------
+    def _fire(self, phase: str) -> None:
+        if self._injector:
+            self._injector.maybe_fire(self.step, phase, arm=self._arm)
+
+    def _arm(self, kind: str) -> None:
+        check(self._lib.jitc_fault_arm(kind.encode()), f"arm {kind}")
+
+    def _announce(self, spec) -> None:
+        self._lib.jitc_report_fault_injected(spec.kind.encode(), spec.step, PHASE[spec.phase])
+
+    def _on_exception(self, kind: str, exc: BaseException) -> None:
+        self._lib.jitc_report_failure(kind.encode(), excepthook.describe(exc).encode())
+        if self.supervised:
+            # The supervisor has our native agent write the snapshot, then releases us.
+            self._lib.jitc_wait_command(excepthook.LINGER_S)
+        elif kind == "peer" and env.get(env.DIR):
+            self._write_local_snapshot()
+            os._exit(EXIT_AFTER_LOCAL_SNAPSHOT)
+
+    # -- snapshots written by this rank itself -------------------------------------------
+    def _write(self, directory: Path, nstripes: int, stripe: int) -> int:
+        from .snapshot import publish_if_complete
+        stripes = self._ffi.new("int[]", [stripe])
+        step_out = self._ffi.new("int64_t *")
+        check(self._lib.jitc_snapshot_write(str(directory).encode(), nstripes, stripes, 1,
+                                            LOCAL_SNAPSHOT_TIMEOUT_S, step_out), "snapshot")
+        publish_if_complete(directory, nstripes)
+        return int(step_out[0])
+
+    def _write_local_snapshot(self) -> None:
+        root = Path(env.get(env.DIR))
+        completed = max(self.step, self.start_step)
+        directory = root / f"snap-a{self.attempt}-s{completed}-r{self.rank}"
+        try:
+            self._write(directory, 1, 0)
+        except JitcError as e:
+            raise SnapshotError(f"rank {self.rank}: local snapshot failed: {e}") from e
+
+    def _start_periodic(self, step: int) -> None:
+        """Background periodic snapshot, striped over this shard's replicas."""
+        root = env.get(env.DIR)
+        if root is None or (self._periodic_thread and self._periodic_thread.is_alive()):
+            return
+        replicas = max(1, self.world_size // self.num_stages)
+        replica = self.rank // self.num_stages
+        directory = Path(root) / f"snap-p{self.attempt}-s{step}-shard{self.stage}"
+        self._periodic_thread = threading.Thread(
+            target=self._write, args=(directory, replicas, replica), name="jitc-periodic",
+            daemon=True)
+        self._periodic_thread.start()
+
+
+def _first_grad_tensor(output) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output if output.requires_grad else None
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        for item in output:
+            found = _first_grad_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def protect(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, scheduler=None,
+            extra_state: Mapping[str, Any] | None = None, seed: int | None = None,
+            stage: int | None = None, num_stages: int | None = None,
+            periodic_every: int | None = None) -> Session:
+    """Protect a training run: register its state, restore it on restart.
+
+    Call after the model, optimizer and scheduler are built (and after
+    ``init_process_group``), then loop ``for step in session.steps(total)``.
+    ``extra_state``: objects with ``state_dict``/``load_state_dict`` (replicated on every
+    data-parallel replica, like the scheduler). ``seed``: base of the per-step RNG streams
+    (default: ``torch.initial_seed()``). ``stage``/``num_stages``: pipeline layout.
+    ``periodic_every``: also write a background snapshot every N steps (the safety net
+    for failures that take out every replica).
+    """
+    return Session(model, optimizer, scheduler=scheduler, extra_state=extra_state, seed=seed,
+                   stage=stage, num_stages=num_stages, periodic_every=periodic_every)
