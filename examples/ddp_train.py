@@ -26,6 +26,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import jitc
+from jitc.faults import Injector, parse_specs
+
+from baseline import PeriodicCheckpointer, Trace
 
 
 def corpus() -> bytes:
@@ -97,11 +100,18 @@ def parse_args(argv=None):
     p.add_argument("--periodic-every", type=int, default=None,
                    help="jitc periodic safety-net snapshot every N steps")
     p.add_argument("--quiet", action="store_true", help="do not log the loss every step")
+    p.add_argument("--trace", help="append JSON-lines timing events here (rank 0; benchmarks)")
+    b = p.add_argument_group("baseline without jitc (with --no-jitc, under torchrun --max-restarts)")
+    b.add_argument("--ckpt-every", type=int, help="periodic checkpoint every N steps")
+    b.add_argument("--ckpt-dir", help="where periodic checkpoints go")
+    b.add_argument("--ckpt-kind", choices=["torch", "dcp"], default="torch",
+                   help="torch.save (blocking) or torch.distributed.checkpoint.async_save")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    started = time.time()
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -122,17 +132,32 @@ def main(argv=None) -> None:
                                  seed=args.seed, drop_last=True)
     loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, drop_last=True)
 
+    trace = Trace(args.trace, rank)
+    trace("start", attempt=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)), ts_process=started)
+    ckpt = None
     if args.no_jitc:
+        # What users do today: their own seeding, their own checkpoints, torchrun restarts.
         torch.manual_seed(args.seed + rank)
-        batches = _plain_batches(loader, sampler, args.steps)
+        start = 0
+        if args.ckpt_every:
+            ckpt = PeriodicCheckpointer(args.ckpt_kind, args.ckpt_dir, args.ckpt_every, ddp.module,
+                                        optimizer, scheduler, trace)
+            start = ckpt.load()
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        injector = Injector(parse_specs([os.environ.get("JITC_INJECT", "")]), rank, attempt,
+                            lambda spec: trace("fault_injected", kind=spec.kind, step=spec.step))
+        batches = _plain_batches(loader, args.seed, rank, start, args.steps, ckpt, injector)
     else:
         session = jitc.protect(ddp, optimizer, scheduler=scheduler, seed=args.seed,
                                periodic_every=args.periodic_every)
+        trace("resume_point", step=session.start_step)
         batches = session.batches(loader, args.steps)
 
     times = []
     for step, (x, y) in batches:
         t0 = time.perf_counter()
+        if not times:
+            trace("first_step", step=step)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(ddp(x).flatten(0, 1), y.flatten())
         optimizer.zero_grad(set_to_none=True)
@@ -143,6 +168,9 @@ def main(argv=None) -> None:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
         times.append(time.perf_counter() - t0)
 
+    if ckpt is not None:
+        ckpt.close()
+    trace("finished", steps=args.steps)
     if rank == 0 and args.save:
         torch.save(model.state_dict(), args.save)
     if rank == 0 and args.timings:
@@ -151,16 +179,17 @@ def main(argv=None) -> None:
     dist.destroy_process_group()
 
 
-def _plain_batches(loader, sampler, steps):
-    step, epoch = 0, 0
-    while step < steps:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            if step >= steps:
-                return
-            yield step, batch
-            step += 1
-        epoch += 1
+def _plain_batches(loader, seed, rank, start, steps, ckpt, injector):
+    from jitc.data import epoch_iterator
+    per_epoch, iterator = len(loader), None
+    for step in range(start, steps):
+        epoch, index = divmod(step, per_epoch)
+        if iterator is None or index == 0:
+            iterator = epoch_iterator(loader, epoch, index, seed, rank)
+        if ckpt is not None:
+            ckpt.maybe_save(step)
+        injector.maybe_fire(step, "forward")
+        yield step, next(iterator)
 
 
 if __name__ == "__main__":
