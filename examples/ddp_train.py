@@ -167,6 +167,8 @@ def main(argv=None) -> None:
         if not args.quiet and rank == 0:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
         times.append(time.perf_counter() - t0)
+        if len(times) == 1:
+            trace("first_step_done", step=step)
 
     if ckpt is not None:
         ckpt.close()
