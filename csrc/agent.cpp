@@ -1,0 +1,449 @@
+// The agent thread's loop and its steps. See agent.h.
+//
+// The loop only polls and dispatches; each concern is one function run once per tick
+// (STYLE.md: separate the loop from its step).
+#include "agent.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "channel.h"
+#include "config.h"
+#include "json.h"
+#include "signals.h"
+#include "snapshot/engine.h"
+#include "state.h"
+
+namespace jitc::agent {
+namespace {
+
+std::atomic<bool> g_stop{false};
+std::mutex g_life_mu;
+std::condition_variable g_life_cv;
+bool g_running = false;
+std::thread g_thread;
+
+struct Loop {
+  std::vector<char> buf = std::vector<char>(channel::kHeaderSize + channel::kMaxPayload + 64);
+  uint64_t last_progress_ns = 0;
+  int64_t sent_completed = -1;
+  int sent_phase = -1;
+  bool snapshot_since_term = false;   // a SNAPSHOT ran while a SIGTERM was held
+  uint64_t orphan_since_ns = 0;
+};
+
+void send_snapshot_done(const std::string& id, int stripe, int nstripes, int64_t step,
+                        const snapshot::StripeResult* r, const std::string& error,
+                        const std::string& fingerprint) {
+  std::vector<char> buf(16 * 1024);
+  json::Writer w(buf.data(), buf.size());
+  w.ts()
+      .str("id", id.c_str())
+      .i64("rank", state().cfg.rank)
+      .i64("stripe", stripe)
+      .i64("nstripes", nstripes)
+      .boolean("ok", r != nullptr && r->ok)
+      .i64("step", step)
+      .str("file", r != nullptr ? r->file.c_str() : "")
+      .i64("bytes", r != nullptr ? static_cast<int64_t>(r->bytes) : 0)
+      .i64("crc32c", r != nullptr ? static_cast<int64_t>(r->crc32c) : 0)
+      .str("fingerprint", fingerprint.c_str())
+      .str("error", r != nullptr && !r->ok ? r->error.c_str() : error.c_str());
+  if (!send_msg(channel::kSnapshotDone, w)) debug("SNAPSHOT_DONE for stripe %d not sent", stripe);
+}
+
+void on_snapshot(Loop& loop, const json::Value& body) {
+  State& s = state();
+  const json::Value* id = body.get("id");
+  const json::Value* dir = body.get("dir");
+  const json::Value* stripes = body.get("stripes");
+  const json::Value* nstripes = body.get("nstripes");
+  const json::Value* step = body.get("step");
+  const json::Value* timeout = body.get("timeout");
+  std::string sid = (id != nullptr && id->is_string()) ? id->s : "";
+  int k = (nstripes != nullptr && nstripes->is_number()) ? static_cast<int>(nstripes->num) : 0;
+  std::vector<int> list;
+  bool valid = dir != nullptr && dir->is_string() && !dir->s.empty() && k >= 1 &&
+               stripes != nullptr && stripes->type == json::Value::Type::Array;
+  if (valid) {
+    for (const json::Value& v : stripes->arr) {
+      int j = v.is_number() ? static_cast<int>(v.num) : -1;
+      if (j < 0 || j >= k) valid = false;
+      list.push_back(j);
+    }
+  }
+  std::string fp = snapshot::fingerprint();
+  if (!valid) {
+    debug("malformed SNAPSHOT command ignored");
+    send_snapshot_done(sid, list.empty() ? -1 : list[0], k, s.completed.load(), nullptr,
+                       "malformed SNAPSHOT command", fp);
+    return;
+  }
+  double write_timeout = (timeout != nullptr && timeout->is_number() && timeout->num > 0)
+                             ? timeout->num : limits::kSnapshotTimeoutS;
+  std::string why;
+  std::vector<snapshot::StripeResult> results;
+  int64_t at = s.completed.load();
+  if (snapshot_enter(limits::kSnapshotWindowWaitS, &why)) {
+    at = s.completed.load();
+    if (step != nullptr && step->is_number() && static_cast<int64_t>(step->num) != at) {
+      why = "step mismatch: rank has completed " + std::to_string(at) + ", asked for " +
+            std::to_string(static_cast<int64_t>(step->num));
+    } else if (make_dirs(dir->s, &why)) {
+      debug("snapshot %s: %zu stripe(s) of %d at step %lld", sid.c_str(), list.size(), k,
+            static_cast<long long>(at));
+      results = snapshot::write_stripes(dir->s, k, list, at, write_timeout);
+    }
+    snapshot_exit();
+  }
+  for (int j : list) {
+    const snapshot::StripeResult* r = nullptr;
+    for (const auto& x : results)
+      if (x.stripe == j) r = &x;
+    send_snapshot_done(sid, j, k, at, r, r == nullptr && why.empty() ? "stripe not written" : why, fp);
+  }
+  if (s.term_pending_ns.load() != 0) loop.snapshot_since_term = true;
+}
+
+void send_state() {
+  State& s = state();
+  uint64_t nbytes = snapshot::registered_bytes();
+  bool window_open;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    window_open = s.window_open;
+  }
+  bool usable = window_healthy(now_ns()) && nbytes > 0;
+  std::string fp = snapshot::fingerprint();
+  char buf[1024];
+  json::Writer w(buf, sizeof buf);
+  w.ts()
+      .i64("rank", s.cfg.rank)
+      .i64("completed", s.completed.load())
+      .boolean("window_open", window_open)
+      .boolean("usable", usable)
+      .str("fingerprint", fp.c_str())
+      .i64("nbytes", static_cast<int64_t>(nbytes))
+      .i64("shard", s.cfg.shard);
+  send_msg(channel::kState, w);
+}
+
+void on_message(Loop& loop, uint8_t type, const char* payload, size_t n) {
+  State& s = state();
+  json::Value body;
+  std::string why;
+  if (!json::parse(payload, n, &body, &why) || body.type != json::Value::Type::Object) {
+    debug("dropping message type %u: %s", type, why.empty() ? "not an object" : why.c_str());
+    return;
+  }
+  switch (type) {
+    case channel::kQuery:
+      send_state();
+      break;
+    case channel::kSnapshot:
+      on_snapshot(loop, body);
+      break;
+    case channel::kRelease: {
+      {
+        std::lock_guard<std::mutex> lock(s.mu);
+        s.release_received.store(true);
+      }
+      s.cv.notify_all();
+      break;
+    }
+    default:
+      debug("ignoring message type %u", type);
+  }
+}
+
+void close_channel() {
+  int fd = state().fd.exchange(-1);
+  if (fd >= 0) close(fd);
+}
+
+// The supervisor is gone. A rank must not outlive it: SIGTERM now (the handler lets it
+// through, there is nobody left to wait for), SIGKILL after a grace if it is still here.
+void on_supervisor_gone(Loop& loop) {
+  State& s = state();
+  close_channel();
+  s.orphaned.store(true);
+  if (s.goodbye_sent.load()) return;  // a clean end that raced with the supervisor
+  debug("supervisor connection closed: terminating this rank");
+  loop.orphan_since_ns = now_ns();
+  kill(getpid(), SIGTERM);
+}
+
+void drain_channel(Loop& loop) {
+  for (;;) {
+    int fd = state().fd.load();
+    if (fd < 0) return;
+    uint8_t type = 0;
+    const char* payload = nullptr;
+    size_t n = 0;
+    switch (channel::recv(fd, loop.buf.data(), loop.buf.size(), &type, &payload, &n)) {
+      case channel::Recv::kMessage:
+        on_message(loop, type, payload, n);
+        break;
+      case channel::Recv::kDropped:
+        debug("dropped a malformed record");
+        break;
+      case channel::Recv::kBadVersion:
+        debug("supervisor speaks another protocol version: closing the channel");
+        close_channel();
+        return;
+      case channel::Recv::kEof:
+      case channel::Recv::kError:
+        on_supervisor_gone(loop);
+        return;
+      case channel::Recv::kAgain:
+        return;
+    }
+  }
+}
+
+void send_hang(const HangReport& r) {
+  State& s = state();
+  int64_t completed = s.completed.load();
+  int phase = s.phase.load();
+  char progress[96];
+  size_t n = 0;
+  progress[n++] = '[';
+  n += json::format_i64(progress + n, 30, completed);
+  progress[n++] = ',';
+  n += json::format_i64(progress + n, 30, phase);
+  progress[n++] = ',';
+  n += json::format_i64(progress + n, 30, static_cast<int64_t>(s.marks.load()));
+  progress[n++] = ']';
+  progress[n] = '\0';
+  char buf[2048];
+  json::Writer w(buf, sizeof buf);
+  failure_header(w, "hang");
+  w.raw("progress", progress).num("elapsed", r.elapsed_s).num("timeout", r.timeout_s);
+  if (r.is_region) {
+    std::string name = r.region_name.substr(0, 256);
+    w.str("region", name.c_str()).i64("region_kind", r.region_kind);
+    w.str("detail", "marked region exceeded its deadline");
+  } else {
+    w.str("detail", "step exceeded the hang timeout");
+  }
+  send_msg(channel::kFailure, w);
+}
+
+void tick_watchdog(uint64_t now) {
+  State& s = state();
+  Watchdog* wd = s.watchdog.load();
+  if (wd == nullptr) return;
+  for (const HangReport& r : wd->tick(now)) {
+    debug("hang: step %lld, %.1f s > %.1f s%s%s", static_cast<long long>(r.step), r.elapsed_s,
+          r.timeout_s, r.is_region ? " in region " : "", r.region_name.c_str());
+    if (s.fd.load() >= 0) send_hang(r);
+    else if (!s.orphaned.load()) local_recovery("hang");
+  }
+}
+
+void send_progress(Loop& loop, uint64_t now) {
+  State& s = state();
+  if (s.fd.load() < 0) return;
+  int64_t completed = s.completed.load();
+  int phase = s.phase.load();
+  if (completed == loop.sent_completed && phase == loop.sent_phase) return;
+  if (now - loop.last_progress_ns < static_cast<uint64_t>(limits::kProgressMinIntervalS * 1e9)) return;
+  Watchdog* wd = s.watchdog.load();
+  char buf[512];
+  json::Writer w(buf, sizeof buf);
+  w.ts()
+      .i64("rank", s.cfg.rank)
+      .i64("step", completed)
+      .i64("completed", completed)
+      .str("phase", phase_name(phase))
+      .num("step_time", wd != nullptr ? wd->last_step_s() : 0.0)
+      .i64("marks", static_cast<int64_t>(s.marks.load()));
+  if (send_msg(channel::kProgress, w)) {
+    loop.sent_completed = completed;
+    loop.sent_phase = phase;
+    loop.last_progress_ns = now;
+  }
+}
+
+void run_pollers(uint64_t now) {
+  State& s = state();
+  int n = std::min(s.npollers.load(), State::kMaxPollers);
+  for (int i = 0; i < n; ++i) {
+    Poller p = s.pollers[i].load();
+    if (p != nullptr) p(now);
+  }
+}
+
+// A held SIGTERM is due when no snapshot is running (or it has run past the bound) and,
+// supervised, the supervisor had its chance: RELEASE came, a SNAPSHOT ran, or the wait for
+// one ran out.
+void check_sigterm(Loop& loop, uint64_t now) {
+  State& s = state();
+  uint64_t since = s.term_pending_ns.load();
+  if (since == 0) return;
+  double held = now > since ? static_cast<double>(now - since) / 1e9 : 0.0;
+  bool due;
+  if (s.snapshot_running.load()) {
+    due = held > limits::kSigtermHoldS;
+  } else {
+    bool supervised = s.fd.load() >= 0 && !s.orphaned.load();
+    bool waiting = supervised && !s.release_received.load() && !loop.snapshot_since_term;
+    due = !waiting || held > limits::kSigtermAwaitCommandS;
+  }
+  if (!due) return;
+  s.term_pending_ns.store(0);
+  loop.snapshot_since_term = false;
+  signals::release_sigterm();
+}
+
+void check_orphan(Loop& loop, uint64_t now) {
+  if (loop.orphan_since_ns == 0) return;
+  if (now - loop.orphan_since_ns > static_cast<uint64_t>(limits::kOrphanGraceS * 1e9)) {
+    debug("still alive %.0f s after the supervisor went away: SIGKILL", limits::kOrphanGraceS);
+    kill(getpid(), SIGKILL);
+  }
+}
+
+void run() {
+  Loop loop;
+  State& s = state();
+  while (!g_stop.load()) {
+    struct pollfd fds[2];
+    int nfds = 0;
+    fds[nfds++] = {s.wake_fd.load(), POLLIN, 0};
+    int cfd = s.fd.load();
+    if (cfd >= 0) fds[nfds++] = {cfd, POLLIN, 0};
+    int r = poll(fds, nfds, limits::kTickMs);
+    if (r > 0 && (fds[0].revents & POLLIN) != 0) {
+      uint64_t v;
+      ssize_t ignored = read(fds[0].fd, &v, sizeof v);
+      (void)ignored;
+    }
+    if (g_stop.load()) break;
+    if (r > 0 && nfds > 1 && fds[1].revents != 0) drain_channel(loop);
+    uint64_t now = now_ns();
+    tick_watchdog(now);
+    send_progress(loop, now);
+    run_pollers(now);
+    check_sigterm(loop, now);
+    check_orphan(loop, now);
+  }
+}
+
+void thread_main() {
+  run();
+  {
+    std::lock_guard<std::mutex> lock(g_life_mu);
+    g_running = false;
+  }
+  g_life_cv.notify_all();
+}
+
+}  // namespace
+
+bool make_dirs(const std::string& path, std::string* why) {
+  std::string cur;
+  size_t pos = 0;
+  while (pos <= path.size()) {
+    size_t next = path.find('/', pos);
+    if (next == std::string::npos) next = path.size();
+    cur = path.substr(0, next);
+    if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+      *why = "mkdir " + cur + ": " + std::strerror(errno);
+      return false;
+    }
+    pos = next + 1;
+  }
+  return true;
+}
+
+bool start(std::string* why) {
+  State& s = state();
+  int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) {
+    *why = std::string("eventfd: ") + std::strerror(errno);
+    return false;
+  }
+  s.wake_fd.store(efd);
+  g_stop.store(false);
+  {
+    std::lock_guard<std::mutex> lock(g_life_mu);
+    g_running = true;
+  }
+  // The thread inherits the caller's signal mask (Python's main thread blocks nothing),
+  // so a process-directed SIGTERM may land here: the handler is async-signal-safe.
+  try {
+    g_thread = std::thread(thread_main);
+  } catch (const std::exception& e) {
+    *why = std::string("agent thread: ") + e.what();
+    std::lock_guard<std::mutex> lock(g_life_mu);
+    g_running = false;
+    return false;
+  }
+  return true;
+}
+
+void stop(double timeout_s) {
+  State& s = state();
+  if (!g_thread.joinable()) return;
+  g_stop.store(true);
+  wake_agent();
+  std::unique_lock<std::mutex> lock(g_life_mu);
+  bool done = g_life_cv.wait_for(lock, std::chrono::microseconds(static_cast<int64_t>(timeout_s * 1e6)),
+                                 [] { return !g_running; });
+  lock.unlock();
+  if (done) {
+    g_thread.join();
+  } else {
+    debug("agent thread did not stop within %.1f s: detached", timeout_s);
+    g_thread.detach();
+  }
+  int efd = s.wake_fd.exchange(-1);
+  if (efd >= 0 && done) close(efd);
+}
+
+void local_recovery(const char* reason) {
+  State& s = state();
+  if (s.recovering.exchange(true)) {
+    // Another thread is writing and will exit the process; wait for it, bounded.
+    std::this_thread::sleep_for(std::chrono::duration<double>(limits::kSnapshotTimeoutS +
+                                                              limits::kSnapshotWindowWaitS));
+    _exit(limits::kLocalRecoveryExitCode);
+  }
+  const Config& c = s.cfg;
+  int64_t step = s.completed.load();
+  debug("local recovery (%s) at step %lld", reason, static_cast<long long>(step));
+  if (c.dir.empty()) {
+    debug("JITC_DIR not set: no snapshot written");
+  } else if (snapshot::registered_bytes() == 0) {
+    debug("nothing registered: no snapshot written");
+  } else {
+    std::string why;
+    if (snapshot_enter(limits::kSnapshotWindowWaitS, &why)) {
+      step = s.completed.load();  // stable now: the window is closed
+      std::string dir = c.dir + "/snap-a" + std::to_string(c.attempt) + "-s" +
+                        std::to_string(step) + "-" + std::to_string(c.rank);
+      if (make_dirs(dir, &why)) {
+        auto results = snapshot::write_stripes(dir, 1, {0}, step, limits::kSnapshotTimeoutS);
+        for (const auto& r : results)
+          debug("local snapshot stripe %d: %s %s", r.stripe, r.ok ? "ok" : "FAILED",
+                r.ok ? r.file.c_str() : r.error.c_str());
+      }
+      snapshot_exit();
+    }
+    if (!why.empty()) debug("local snapshot not written: %s", why.c_str());
+  }
+  _exit(limits::kLocalRecoveryExitCode);
+}
+
+}  // namespace jitc::agent
