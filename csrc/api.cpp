@@ -140,7 +140,11 @@ void add_poller(Poller p) {
 
 bool take_fault(Fault f) {
   uint32_t bit = 1u << static_cast<int>(f);
-  return (state().armed_faults.fetch_and(~bit) & bit) != 0;
+  // Hot path of every active interposed call: a plain load first, so the common case
+  // (nothing armed) costs no locked read-modify-write.
+  std::atomic<uint32_t>& armed = state().armed_faults;
+  if ((armed.load(std::memory_order_relaxed) & bit) == 0) return false;
+  return (armed.fetch_and(~bit) & bit) != 0;
 }
 
 void report_failure(const char* kind, const char* error, long code, const char* detail) {

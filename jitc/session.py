@@ -7,7 +7,6 @@ beyond ``protect`` and ``steps``/``batches``.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import threading
 from pathlib import Path
@@ -21,13 +20,12 @@ from . import faults as faults_mod
 from . import state as st
 from ._shim import check, ffi_lib
 from .data import check_resumable, epoch_iterator
-from .errors import JitcError, SnapshotError
+from .errors import JitcError
 from .resume import restore
 
 PHASE = {"idle": 0, "forward": 1, "backward": 2, "optimizer": 3}
 OPTIMIZER_WAIT_S = 600.0     # how long optimizer.step() waits for a running snapshot
-LOCAL_SNAPSHOT_TIMEOUT_S = 300.0
-EXIT_AFTER_LOCAL_SNAPSHOT = 75   # shim-only mode: "snapshot written, restart me"
+PERIODIC_TIMEOUT_S = 300.0
 
 
 def _rank_info() -> tuple[int, int, int]:
@@ -209,13 +207,12 @@ class Session:
         self._lib.jitc_report_fault_injected(spec.kind.encode(), spec.step, PHASE[spec.phase])
 
     def _on_exception(self, kind: str, exc: BaseException) -> None:
+        # Supervised: the supervisor has our native agent write its stripe of the snapshot,
+        # then releases us. Shim-only: the shim writes this rank's own complete snapshot into
+        # JITC_DIR and exits 75 inside this call (csrc/api.cpp), never returning.
         self._lib.jitc_report_failure(kind.encode(), excepthook.describe(exc).encode())
         if self.supervised:
-            # The supervisor has our native agent write the snapshot, then releases us.
             self._lib.jitc_wait_command(excepthook.LINGER_S)
-        elif kind == "peer" and env.get(env.DIR):
-            self._write_local_snapshot()
-            os._exit(EXIT_AFTER_LOCAL_SNAPSHOT)
 
     # -- snapshots written by this rank itself -------------------------------------------
     def _write(self, directory: Path, nstripes: int, stripe: int) -> int:
@@ -223,18 +220,9 @@ class Session:
         stripes = self._ffi.new("int[]", [stripe])
         step_out = self._ffi.new("int64_t *")
         check(self._lib.jitc_snapshot_write(str(directory).encode(), nstripes, stripes, 1,
-                                            LOCAL_SNAPSHOT_TIMEOUT_S, step_out), "snapshot")
+                                            PERIODIC_TIMEOUT_S, step_out), "snapshot")
         publish_if_complete(directory, nstripes)
         return int(step_out[0])
-
-    def _write_local_snapshot(self) -> None:
-        root = Path(env.get(env.DIR))
-        completed = max(self.step, self.start_step)
-        directory = root / f"snap-a{self.attempt}-s{completed}-r{self.rank}"
-        try:
-            self._write(directory, 1, 0)
-        except JitcError as e:
-            raise SnapshotError(f"rank {self.rank}: local snapshot failed: {e}") from e
 
     def _start_periodic(self, step: int) -> None:
         """Background periodic snapshot, striped over this shard's replicas."""

@@ -1,0 +1,114 @@
+"""The ``jitc`` command line: ``jitc lib``, ``jitc supervise``, ``jitc inspect``.
+
+Usage errors are one line on stderr (``jitc: error: ...``) and exit code 2, and nothing
+is started: every input is validated before the job is.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import JitcError, ShimError, UsageError
+from .supervisor.state import ExitCode
+
+_EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
+    f"  {int(c):<4} {c.name.lower().replace('_', ' ')}" for c in ExitCode)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """jitc: just-in-time checkpointing and failure recovery for PyTorch training."""
+
+
+@cli.command("lib")
+def lib_cmd() -> None:
+    """Print the path of libjitc.so (for LD_PRELOAD=$(jitc lib))."""
+    from ._lib import lib_path
+    click.echo(str(lib_path()))
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+def inspect_cmd(path: Path) -> int:
+    """Verify a snapshot directory (or manifest) and print what it holds."""
+    from .snapshot import inspect_main   # lazy: the snapshot package pulls in safetensors
+    return inspect_main(path)
+
+
+@cli.command("supervise", epilog=_EXIT_CODES_HELP,
+             context_settings={"allow_interspersed_args": False})
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+              help="Run directory (events.jsonl, snapshots/, socket). "
+                   "Default: ./jitc-runs/<YYYYmmdd-HHMMSS>-<pid>.")
+@click.option("--max-restarts", type=int, default=3, show_default=True,
+              help="Restarts allowed after failures.")
+@click.option("--hang-timeout", type=float, default=None,
+              help="Fixed hang timeout in seconds (overrides JITC_HANG_TIMEOUT). "
+                   "Default: a multiple of the observed step time, with a floor.")
+@click.option("--grace", type=float, default=10.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL when stopping the job.")
+@click.option("--snapshot-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the just-in-time snapshot.")
+@click.option("--inject", "injects", multiple=True, metavar="SPEC",
+              help="Fault to inject: KIND@rank=R,step=S[,phase=P][,attempt=A] (repeatable).")
+@click.option("--lib", type=click.Path(path_type=Path), default=None,
+              help="libjitc.so to preload (default: the installed one; JITC_LIB overrides).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, snapshot_timeout, injects,
+                  lib, command) -> int:
+    """Run COMMAND (e.g. torchrun ...) under the jitc supervisor:
+
+    jitc supervise [OPTIONS] -- COMMAND...
+    """
+    from ._lib import lib_path
+    from .faults import parse_specs
+    from .supervisor import Options, Supervisor
+    from .supervisor.options import default_run_dir, resolve_hang_timeout
+
+    if not command:
+        raise UsageError("missing COMMAND (usage: jitc supervise [OPTIONS] -- COMMAND...)")
+    specs = tuple(parse_specs(list(injects)))
+    if lib is None:
+        try:
+            lib = lib_path()
+        except ShimError as e:
+            raise UsageError(str(e)) from None
+    elif not lib.is_file():
+        raise UsageError(f"--lib {lib}: no such file")
+    if run_dir is None:
+        run_dir = default_run_dir()
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    opts = Options(command=tuple(command), run_dir=run_dir, lib=lib.resolve(), injects=specs,
+                   max_restarts=max_restarts, hang_timeout_s=resolve_hang_timeout(hang_timeout),
+                   grace_s=grace, snapshot_timeout_s=snapshot_timeout)
+    result = Supervisor(opts).run()
+    return int(result.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (``jitc`` console script)."""
+    try:
+        code = cli.main(args=argv, prog_name="jitc", standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        _error(e.format_message())
+        code = ExitCode.USAGE
+    except UsageError as e:
+        _error(str(e))
+        code = ExitCode.USAGE
+    except click.exceptions.Abort:
+        code = ExitCode.INTERRUPTED
+    except JitcError as e:
+        _error(str(e))
+        code = ExitCode.JOB_FAILED
+    sys.exit(int(code or 0))
+
+
+def _error(text: str) -> None:
+    line = " ".join(str(text).split())     # one line, whatever the message held
+    print(f"jitc: error: {line}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
