@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_scenario
+from .conftest import run_scenario
 
 
 @pytest.mark.parametrize("mode, env, kind, error, code", [

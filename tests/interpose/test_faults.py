@@ -2,7 +2,7 @@
 reported like real failures."""
 from __future__ import annotations
 
-from conftest import run_scenario
+from .conftest import run_scenario
 
 
 def test_cuda_error_fault_fails_the_call_and_sticks(build, supervisor):

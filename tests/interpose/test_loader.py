@@ -2,7 +2,7 @@
 library's constructor, and the inert shim."""
 from __future__ import annotations
 
-from conftest import run_scenario
+from .conftest import run_scenario
 
 
 def test_driver_function_from_cuGetProcAddress_is_wrapped(build, supervisor):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_scenario
+from .conftest import run_scenario
 
 TIMEOUT = "0.4"   # JITC_HANG_TIMEOUT, seconds
 

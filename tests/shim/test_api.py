@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, child_env, spawn
+from .conftest import REPO, child_env, spawn
 
 INIT = "assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())\n"
 

@@ -10,7 +10,7 @@ import time
 from jitc import protocol
 from jitc.protocol import Msg
 
-from conftest import spawn
+from .conftest import spawn
 
 INIT = "assert lib.jitc_init(1, 0, 2, 0, 1) == 0, ffi.string(lib.jitc_last_error())\n"
 

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import REPO, child_env
+from .conftest import REPO, child_env
 
 PROBE = textwrap.dedent("""
     import os

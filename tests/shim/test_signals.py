@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jitc.protocol import Msg
 
-from conftest import spawn
+from .conftest import spawn
 
 INIT = "assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())\n"
 

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 
 from jitc.protocol import Msg
 
-from conftest import REPO, spawn
+from .conftest import REPO, spawn
 
 LOCAL_RECOVERY_EXIT = 75  # csrc/config.h limits::kLocalRecoveryExitCode
 

@@ -1,0 +1,38 @@
+// Private helpers shared by the snapshot engine's sources (not part of engine.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "snapshot/engine.h"
+
+namespace jitc::snapshot {
+
+// Name under which the small replicated state blob (set_meta) is stored in every stripe.
+inline constexpr const char* kMetaKey = "__jitc_meta__";
+// Format tag, also in each stripe's __metadata__ and in the manifest.
+inline constexpr const char* kFormat = "jitc-snapshot/1";
+
+// Bytes per element of a safetensors dtype string; 0 if unknown.
+size_t dtype_size(const std::string& dtype);
+// Number of elements of a shape (1 for a 0-d tensor).
+uint64_t numel(const std::vector<int64_t>& shape);
+
+// One committed registry generation plus the meta blob current when it was taken. A
+// snapshot holds this by shared_ptr, so a concurrent commit cannot free what it reads.
+struct Generation {
+  std::vector<Entry> entries;
+  std::string fingerprint;
+};
+struct View {
+  std::shared_ptr<const Generation> gen;     // null if nothing was ever committed
+  std::shared_ptr<const std::string> meta;   // never null (empty blob if never set)
+};
+View current_view();
+
+// Minimal JSON string escaping for names we put in headers and records.
+std::string json_escape(const std::string& s);
+
+}  // namespace jitc::snapshot

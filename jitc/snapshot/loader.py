@@ -1,0 +1,140 @@
+"""Loading a snapshot, and choosing which one to load.
+
+``load`` never returns anything it has not verified (invariant I2): manifest schema,
+every file's size and CRC32C, headers against the index; then tensors are read with the
+``safetensors`` package and pieces of split tensors are put back together.
+``latest_complete`` picks the newest snapshot under a root that passes that check,
+skipping (and logging) corrupt ones, so a damaged newest snapshot falls back to an older
+good one rather than stopping the job or, worse, loading garbage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ..errors import CorruptSnapshotError, JitcError
+from .format import DTYPES
+from .manifest import MANIFEST, complete_set, publish
+from .verify import read_manifest, verify_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedSnapshot:
+    step: int
+    tensors: dict[str, torch.Tensor]   # CPU, original shapes, registration order
+    meta: bytes
+    manifest: dict[str, Any]
+    path: Path                          # the manifest
+
+
+def load(manifest_path: str | Path, verify: bool = True) -> LoadedSnapshot:
+    manifest_path = Path(manifest_path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / MANIFEST
+    m = verify_manifest(manifest_path) if verify else read_manifest(manifest_path)
+    root = manifest_path.parent
+    handles: dict[str, Any] = {}
+
+    def get(fname: str, key: str) -> torch.Tensor:
+        if fname not in handles:
+            handles[fname] = safe_open(str(root / fname), framework="pt", device="cpu")
+        try:
+            return handles[fname].get_tensor(key)
+        except Exception as e:   # safetensors raises its own error types
+            raise CorruptSnapshotError(f"{root / fname}: cannot read {key!r} ({e})") from None
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in m["tensors"].items():
+        chunks = sorted(t["chunks"], key=lambda c: c[2])
+        shape = tuple(t["shape"])
+        if len(chunks) == 1 and chunks[0][1] == name:
+            value = get(chunks[0][0], name)
+        else:
+            value = torch.cat([get(f, k).reshape(-1) for f, k, _, _ in chunks]).reshape(shape)
+        if tuple(value.shape) != shape or value.dtype != DTYPES[t["dtype"]][0]:
+            raise CorruptSnapshotError(f"{root}: tensor {name!r} is {value.dtype} "
+                                       f"{tuple(value.shape)}, manifest says {t['dtype']} {shape}")
+        tensors[name] = value
+    meta_t = get(m["meta"]["file"], m["meta"]["key"])
+    meta = meta_t.numpy().tobytes()
+    return LoadedSnapshot(step=m["step"], tensors=tensors, meta=meta, manifest=m,
+                          path=manifest_path)
+
+
+def check_compatible(loaded: LoadedSnapshot,
+                     expected: dict[str, tuple[torch.dtype | str, tuple[int, ...]]]) -> None:
+    """Raise CorruptSnapshotError if the snapshot is not of this model (first difference)."""
+    where = f"snapshot {loaded.path}"
+    for name, (dtype, shape) in expected.items():
+        t = loaded.tensors.get(name)
+        if t is None:
+            raise CorruptSnapshotError(f"{where} is from another model: no tensor {name!r}")
+        want = DTYPES[dtype][0] if isinstance(dtype, str) else dtype
+        if t.dtype != want or tuple(t.shape) != tuple(shape):
+            raise CorruptSnapshotError(
+                f"{where} is from another model: {name!r} is {t.dtype} {tuple(t.shape)}, "
+                f"expected {want} {tuple(shape)}")
+    extra = [n for n in loaded.tensors if n not in expected]
+    if extra:
+        raise CorruptSnapshotError(
+            f"{where} is from another model: unexpected tensor {extra[0]!r}")
+
+
+def _candidate_step(snap_dir: Path) -> tuple[int, float] | None:
+    """(step, mtime) of a snapshot directory, from its manifest or its .done records."""
+    manifest = snap_dir / MANIFEST
+    has_manifest = manifest.is_file()
+    if has_manifest:
+        try:
+            step = json.loads(manifest.read_text(encoding="utf-8")).get("step")
+            if isinstance(step, int):
+                return step, manifest.stat().st_mtime
+        except (OSError, ValueError, AttributeError):
+            pass
+    # No (readable) manifest: order by the completion records. A garbled manifest stays a
+    # candidate so that verification names the problem in the log instead of hiding it.
+    try:
+        found = complete_set(snap_dir)
+        if found is not None:
+            step = found[1][0].get("step")
+            return (step if isinstance(step, int) else -1), snap_dir.stat().st_mtime
+    except OSError:
+        pass
+    return (-1, 0.0) if has_manifest else None
+
+
+def latest_complete(root: str | Path) -> Path | None:
+    """Manifest of the newest snapshot under root that verifies, or None.
+
+    A directory with every stripe's completion record but no manifest (shim-only mode: the
+    rank that wrote it exited) is published here on the spot. Corrupt snapshots are
+    skipped with a warning naming the file."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    cands = []
+    for d in root.glob("snap-*"):
+        if d.is_dir():
+            key = _candidate_step(d)
+            if key is not None:
+                cands.append((key, d))
+    for _, d in sorted(cands, key=lambda c: c[0], reverse=True):
+        try:
+            manifest = d / MANIFEST
+            if not manifest.is_file():
+                manifest = publish(d)
+            verify_manifest(manifest)
+            return manifest
+        except JitcError as e:
+            log.warning("skipping snapshot %s: %s", d, e)
+        except OSError as e:
+            log.warning("skipping snapshot %s: %s", d, e)
+    return None

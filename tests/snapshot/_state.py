@@ -1,0 +1,28 @@
+"""Deterministic test state for the snapshot tests, as numpy arrays (fast to import in the
+writer subprocesses) with their safetensors dtype names. BF16 values are carried as their
+raw uint16 bits. Every dtype class, a 0-d tensor, an empty tensor, and a tensor large
+enough to be split across stripes."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_state(seed: int, variant: str = "base") -> list[tuple[str, str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    w_shape = (7, 5) if variant == "other" else (5, 7)
+    return [
+        ("w", "F32", rng.standard_normal(w_shape).astype(np.float32)),
+        ("b16", "BF16", rng.integers(0, 2**16, size=33, dtype=np.uint16)),
+        ("h", "F16", rng.standard_normal((3, 4)).astype(np.float16)),
+        ("i", "I64", rng.integers(-2**62, 2**62, size=10, dtype=np.int64)),
+        ("flag", "BOOL", rng.integers(0, 2, size=6).astype(np.bool_)),
+        ("scalar", "F32", np.array(rng.standard_normal(), dtype=np.float32)),
+        ("d", "F64", np.array(rng.standard_normal(), dtype=np.float64)),
+        ("empty", "F32", np.zeros((0, 3), dtype=np.float32)),
+        ("u8", "U8", rng.integers(0, 256, size=17, dtype=np.uint8)),
+        ("big", "F32", rng.standard_normal(1000).astype(np.float32)),
+    ]
+
+
+def make_meta(seed: int, step: int) -> bytes:
+    return f"meta seed={seed} step={step} ".encode() * 3 + bytes(range(256))

@@ -1,0 +1,46 @@
+"""inspect_main: listing and verdict by exit code (0 valid, 1 invalid, 2 not found)."""
+from __future__ import annotations
+
+import io
+
+from jitc.snapshot import inspect_main, publish
+
+
+def _run(path):
+    out, err = io.StringIO(), io.StringIO()
+    rc = inspect_main(path, out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_inspect_valid_invalid_missing(tmp_path, write_snapshot):
+    d = tmp_path / "snap-a0-s7-0"
+    write_snapshot(d, 2, [0, 1], step=7)
+    publish(d)
+    rc, out, err = _run(d)
+    assert rc == 0, err
+    assert "step 7" in out and "stripe-1-of-2.safetensors" in out
+    assert "tensor b16  BF16  [33]  66 bytes" in out
+    assert "tensor scalar  F32  []  4 bytes" in out
+    assert "checksums: OK" in out
+    assert _run(d / "manifest.json")[0] == 0
+
+    f = d / "stripe-1-of-2.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    rc, out, err = _run(d)
+    assert rc == 1
+    assert "stripe-1-of-2.safetensors" in err and "CRC32C" in err
+    assert len(err.strip().splitlines()) == 1
+
+    assert _run(tmp_path / "nope")[0] == 2
+    (tmp_path / "empty").mkdir()
+    assert _run(tmp_path / "empty")[0] == 2
+
+
+def test_inspect_publishes_complete_unpublished_dir(tmp_path, write_snapshot):
+    d = tmp_path / "snap-a0-s1-0"
+    write_snapshot(d, 1, [0], step=1)
+    rc, out, err = _run(d)
+    assert rc == 0, err
+    assert (d / "manifest.json").is_file()
