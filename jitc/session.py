@@ -20,7 +20,7 @@ from . import faults as faults_mod
 from . import state as st
 from ._shim import check, ffi_lib
 from .data import check_resumable, epoch_iterator
-from .errors import JitcError
+from .errors import CorruptSnapshotError, JitcError
 from .resume import restore
 
 PHASE = {"idle": 0, "forward": 1, "backward": 2, "optimizer": 3}
@@ -216,12 +216,15 @@ class Session:
 
     # -- snapshots written by this rank itself -------------------------------------------
     def _write(self, directory: Path, nstripes: int, stripe: int) -> int:
-        from .snapshot import publish_if_complete
+        from .snapshot import publish
         stripes = self._ffi.new("int[]", [stripe])
         step_out = self._ffi.new("int64_t *")
         check(self._lib.jitc_snapshot_write(str(directory).encode(), nstripes, stripes, 1,
                                             PERIODIC_TIMEOUT_S, step_out), "snapshot")
-        publish_if_complete(directory, nstripes)
+        try:
+            publish(directory)   # whichever replica writes the last stripe publishes
+        except CorruptSnapshotError:
+            pass                 # other replicas' stripes still missing: not complete yet
         return int(step_out[0])
 
     def _start_periodic(self, step: int) -> None:

@@ -99,18 +99,27 @@ class EventLog:
 
     def emit(self, event: str, attempt: int, *, echo: bool = True, ts: float | None = None,
              **fields: Any) -> dict[str, Any]:
-        """Write one event now. ``echo=False`` defers the timeline line (the caller prints
-        it later with ``echo()``, e.g. once the root cause is known)."""
+        """Write one event now and echo it as a timeline line unless ``echo=False``."""
+        rec = self.record(event, attempt, ts=ts, **fields)
+        self.write(rec, echo=echo)
+        return rec
+
+    def record(self, event: str, attempt: int, *, ts: float | None = None,
+               **fields: Any) -> dict[str, Any]:
+        """An event stamped now (or at ``ts``) but not yet written: ``write()`` it later,
+        e.g. a failure report held until the root cause is known."""
         if event not in NAMES:
             raise ValueError(f"unknown event {event!r}")
         rec: dict[str, Any] = {"ts": self._clock() if ts is None else ts, "event": event,
                                "attempt": attempt}
         rec.update({k: v for k, v in fields.items() if v is not None or k in ("rank",)})
+        return rec
+
+    def write(self, rec: dict[str, Any], *, echo: bool = True) -> None:
         self._file.write(json.dumps(rec, default=str) + "\n")
         self._file.flush()
         if echo:
             self.echo(rec)
-        return rec
 
     def echo(self, rec: dict[str, Any], **overrides: Any) -> None:
         try:

@@ -31,7 +31,7 @@ from .options import HANG_BACKSTOP_MARGIN_S, Options, derived_hang_timeout
 from .policy import RestartPolicy
 from .process import Job, become_subreaper, preload_env, reap_orphans
 from .recovery import Outcome, Recovery
-from .server import Connection, RankInfo, Server, phase_index
+from .server import Connection, RankInfo, Server, phase_index, phase_name
 from .state import ALLOWED, ExitCode, RunResult, State
 
 _ORPHAN_REAP_EVERY_S = 1.0
@@ -119,7 +119,7 @@ class Supervisor:
         self.recovery: Recovery | None = None
         self.roots: list[Failure] = []
         self.last_started: int | None = None
-        self.resumed_steps: set[int] = set()
+        self.resumed_ranks: set[int] = set()
         self.protected = self.resume is not None
         self.job_exited = False
 
@@ -284,12 +284,18 @@ class Supervisor:
         elif msg.type is Msg.GOODBYE:
             info.goodbye = True
         elif msg.type is Msg.FAULT_INJECTED:
-            self.events.emit("fault_injected", self.attempt, rank=conn.rank, step=body.get("step"),
-                             kind=body.get("kind"), phase=body.get("phase"))
+            # The fault fires inside a step whose PROGRESS may not have been sent yet
+            # (progress is throttled): the report is the freshest position of this rank.
+            step, phase = body.get("step"), body.get("phase")
+            if isinstance(step, int):
+                info.step, info.phase, info.last_change = step, phase_index(phase), now
+                self._started(step)
+            self.events.emit("fault_injected", self.attempt, rank=conn.rank, step=step,
+                             kind=body.get("kind"), phase=phase)
         elif msg.type is Msg.RESUMED:
             step = body.get("step")
-            if isinstance(step, int) and step not in self.resumed_steps:
-                self.resumed_steps.add(step)
+            if isinstance(step, int) and conn.rank not in self.resumed_ranks:
+                self.resumed_ranks.add(conn.rank)
                 replayed = (None if self.prev_last_started is None
                             else max(0, self.prev_last_started - step + 1))
                 self.events.emit("resumed", self.attempt, rank=conn.rank, step=step,
@@ -326,9 +332,11 @@ class Supervisor:
         if failure.rank is not None and failure.rank in self.ranks:
             self.ranks[failure.rank].failed = True
         self.failures.append(failure)
-        rec = self.events.emit(
-            "failure_detected", self.attempt, echo=False, rank=failure.rank, step=failure.step,
-            kind=failure.kind, phase=failure.phase,
+        # Stamped now, written once the root cause is chosen (``_decide``) so that the
+        # record itself says whether it is the root cause.
+        rec = self.events.record(
+            "failure_detected", self.attempt, rank=failure.rank, step=failure.step,
+            kind=failure.kind, phase=phase_name(failure.phase),
             progress=list(failure.progress) if failure.progress is not None else None,
             secondary=True if failure.secondary else None, **failure.extra)
         self.failure_records[id(failure)] = rec
@@ -336,7 +344,7 @@ class Supervisor:
             self.first_failure_at = now
             self._goto(State.SETTLING)
         elif self.state is not State.SETTLING:
-            self.events.echo(rec)   # late report: the root cause is already chosen
+            self.events.write(rec)   # late report: the root cause is already chosen
 
     def _check_hang(self, now: float) -> None:
         """Backstop for a rank whose watchdog cannot report (e.g. the whole process is
@@ -371,7 +379,10 @@ class Supervisor:
         self.roots = root_causes(self.failures)
         blamed = {id(f) for f in self.roots}
         for f in self.failures:
-            self.events.echo(self.failure_records[id(f)], root_cause=id(f) in blamed or None)
+            rec = self.failure_records[id(f)]
+            if id(f) in blamed:
+                rec["root_cause"] = True
+            self.events.write(rec)
         excluded = {f.rank for f in self.roots if f.rank is not None}
         excluded |= {f.rank for f in self.failures
                      if f.rank is not None and not f.secondary and f.kind not in HANG_KINDS}

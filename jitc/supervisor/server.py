@@ -30,6 +30,13 @@ def phase_index(value: Any) -> int:
     return PHASES.get(str(value), 0)
 
 
+def phase_name(value: Any) -> Any:
+    """The phase as the event log writes it: a name (``forward``...), never an index."""
+    if isinstance(value, int):
+        return next((name for name, i in PHASES.items() if i == value), value)
+    return value
+
+
 @dataclass
 class RankInfo:
     """What the supervisor knows about one rank in the current attempt."""
