@@ -147,6 +147,12 @@ bool take_fault(Fault f) {
   return (armed.fetch_and(~bit) & bit) != 0;
 }
 
+// Failures of this rank's own code or device, as opposed to a collective that failed or
+// hung because of a peer ("peer", "hang", "nccl-error", "nccl-hang").
+static bool own_fault(const char* kind) {
+  return std::strcmp(kind, "exception") == 0 || std::strcmp(kind, "cuda-error") == 0;
+}
+
 void report_failure(const char* kind, const char* error, long code, const char* detail) {
   State& s = state();
   if (!active() || kind == nullptr || t_in_report) return;
@@ -175,8 +181,11 @@ void report_failure(const char* kind, const char* error, long code, const char* 
     if (error != nullptr) w.str("error", error).i64("code", code);
     w.str("detail", d.c_str());
     if (!send_msg(channel::kFailure, w)) debug("FAILURE %s not sent", kind);
-  } else if (!s.orphaned.load()) {
-    agent::local_recovery(kind);  // shim-only mode: never returns
+  } else if (!s.orphaned.load() && !own_fault(kind)) {
+    // Shim-only mode: a healthy rank (its collective failed or hung because of a peer)
+    // writes its own snapshot and exits; never returns. A rank whose own code or device
+    // failed holds suspect state and just fails as it would have.
+    agent::local_recovery(kind);
   }
   t_in_report = false;
 }

@@ -83,6 +83,24 @@ class CharTransformer(nn.Module):
         return self.head(self.ln(x))
 
 
+def pin_bucket_layout(ddp: DDP) -> None:
+    """Fix DDP's gradient bucket layout now, for the whole run.
+
+    DDP rebuilds its buckets once, after the first iteration, in the order gradients
+    arrived. The all-reduce sums each element in an order that depends on where it sits
+    in its bucket, and with more than two ranks floating-point addition is not
+    associative: a run resumed at step k would reduce step k in the initial layout while
+    the uninterrupted run used the rebuilt one, and the weights would differ in the last
+    bits. Rebuilding now, in parameter order, gives every attempt the same layout (at some
+    loss of communication/computation overlap on GPUs: this example favours exactness).
+    """
+    reducer = ddp.reducer
+    if hasattr(reducer, "_push_all_rebuilt_params") and hasattr(reducer, "_rebuild_buckets"):
+        reducer._push_all_rebuilt_params()
+        reducer._rebuild_buckets()
+        ddp._has_rebuilt_buckets = True
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
@@ -123,6 +141,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)       # identical initial weights on every rank
     model = CharTransformer(args.context, args.dim, args.layers, args.heads, args.dropout).to(device)
     ddp = DDP(model, device_ids=[device.index] if cuda else None)
+    pin_bucket_layout(ddp)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
