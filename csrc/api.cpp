@@ -103,8 +103,6 @@ WatchdogConfig watchdog_config(const Config& c) {
 
 }  // namespace
 
-bool active() { return state().active.load(std::memory_order_relaxed); }
-
 bool auto_activate() {
   static std::atomic<bool> checked{false};
   if (active()) return true;
@@ -138,14 +136,6 @@ void add_poller(Poller p) {
   s.pollers[i].store(p);
 }
 
-bool take_fault(Fault f) {
-  uint32_t bit = 1u << static_cast<int>(f);
-  // Hot path of every active interposed call: a plain load first, so the common case
-  // (nothing armed) costs no locked read-modify-write.
-  std::atomic<uint32_t>& armed = state().armed_faults;
-  if ((armed.load(std::memory_order_relaxed) & bit) == 0) return false;
-  return (armed.fetch_and(~bit) & bit) != 0;
-}
 
 // Failures of this rank's own code or device, as opposed to a collective that failed or
 // hung because of a peer ("peer", "hang", "nccl-error", "nccl-hang").
@@ -210,7 +200,7 @@ JITC_API int jitc_init(int rank, int local_rank, int world_size, int shard, int 
     return fail(JITC_E_INVALID, "jitc_init: bad shard %d of %d", shard, num_shards);
   std::lock_guard<std::mutex> lock(jitc::g_init_mu);
   State& s = state();
-  if (s.active.load()) {
+  if (jitc::hot::active.load()) {
     // Idempotent. Auto-activation by an interposer knows no shard: the later call from
     // protect() does, and the supervisor hears it in a second HELLO.
     if (s.cfg.shard != shard || s.cfg.num_shards != num_shards) {
@@ -235,12 +225,12 @@ JITC_API int jitc_init(int rank, int local_rank, int world_size, int shard, int 
       return fail(JITC_E_CHANNEL, "jitc_init: HELLO not sent: %s", std::strerror(errno));
     }
   }
-  s.active.store(true);
+  jitc::hot::active.store(true);
   jitc::signals::install();
   std::string why;
   if (!jitc::agent::start(&why)) {
     jitc::signals::uninstall();
-    s.active.store(false);
+    jitc::hot::active.store(false);
     int fd = s.fd.exchange(-1);
     if (fd >= 0) close(fd);
     return fail(JITC_E_STATE, "jitc_init: %s", why.c_str());
@@ -253,7 +243,7 @@ JITC_API int jitc_init(int rank, int local_rank, int world_size, int shard, int 
 JITC_API int jitc_shutdown(int clean) {
   std::lock_guard<std::mutex> lock(jitc::g_init_mu);
   State& s = state();
-  if (!s.active.load()) return JITC_OK;
+  if (!jitc::hot::active.load()) return JITC_OK;
   // Mark the clean end first (the _exit hook and the orphan check read it), stop the agent
   // so nothing follows the GOODBYE, then say goodbye.
   if (clean != 0) s.goodbye_sent.store(true);
@@ -265,7 +255,7 @@ JITC_API int jitc_shutdown(int clean) {
     if (!jitc::send_msg(jitc::channel::kGoodbye, w)) jitc::debug("GOODBYE not sent");
   }
   jitc::signals::uninstall();
-  s.active.store(false);
+  jitc::hot::active.store(false);
   int fd = s.fd.exchange(-1);
   if (fd >= 0) close(fd);
   return JITC_OK;
@@ -471,7 +461,7 @@ JITC_API int jitc_fault_arm(const char* kind) {
   else if (std::strcmp(kind, "nccl-error") == 0) f = jitc::Fault::NcclError;
   else if (std::strcmp(kind, "nccl-hang") == 0) f = jitc::Fault::NcclHang;
   else return fail(JITC_E_INVALID, "jitc_fault_arm: unknown kind %s", kind);
-  state().armed_faults.fetch_or(1u << static_cast<int>(f));
+  jitc::hot::armed_faults.fetch_or(1u << static_cast<int>(f));
   return JITC_OK;
 }
 

@@ -3,14 +3,21 @@
 // symbols are the C API in jitc.h and the interposed functions.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
 namespace jitc {
 
+// The two flags every interposed call reads. They live outside State (state.h) so that
+// the checks below inline to one relaxed load each: no call, no static-init guard.
+namespace hot {
+extern std::atomic<bool> active;
+extern std::atomic<uint32_t> armed_faults;   // bit (1 << Fault)
+}  // namespace hot
+
 // True once the shim is active in this process (jitc_init ran, or auto-activation below).
-// A relaxed atomic load: safe and cheap on every interposed call.
-bool active();
+inline bool active() { return hot::active.load(std::memory_order_relaxed); }
 
 // For interposers: activate the shim if this process is a rank (RANK set) and jitc is in
 // use (JITC_SOCKET or JITC_DIR set). Returns active(). Cheap after the first call.
@@ -36,7 +43,13 @@ void add_poller(Poller p);
 
 // Faults armed by jitc_fault_arm(); an interposer takes (consumes) its kind when it fires.
 enum class Fault { None = 0, CudaError = 1, NcclError = 2, NcclHang = 3 };
-bool take_fault(Fault f);
+inline bool take_fault(Fault f) {
+  uint32_t bit = 1u << static_cast<int>(f);
+  // Hot path of every active interposed call: a plain load first, so the common case
+  // (nothing armed) costs no locked read-modify-write.
+  if ((hot::armed_faults.load(std::memory_order_relaxed) & bit) == 0) return false;
+  return (hot::armed_faults.fetch_and(~bit) & bit) != 0;
+}
 
 // Logging: only with JITC_DEBUG=1, to stderr, "[jitc pid:tid] ..." (invariant I7).
 void debug(const char* fmt, ...) __attribute__((format(printf, 1, 2)));

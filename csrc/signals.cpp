@@ -63,7 +63,7 @@ void fatal_handler(int sig, siginfo_t*, void*) {
 // RELEASE) the supervisor may still ask this healthy rank for one.
 bool should_hold_sigterm() {
   State& s = state();
-  if (!s.active.load(std::memory_order_acquire)) return false;
+  if (!hot::active.load(std::memory_order_acquire)) return false;
   if (s.snapshot_running.load(std::memory_order_acquire)) return true;
   bool supervised = s.fd.load(std::memory_order_acquire) >= 0 &&
                     !s.orphaned.load(std::memory_order_acquire);
@@ -152,7 +152,7 @@ void release_sigterm() {
 extern "C" __attribute__((visibility("default"))) void _exit(int status) {
   using jitc::state;
   jitc::State& s = state();
-  if (status != 0 && s.active.load(std::memory_order_acquire) && getpid() == s.init_pid &&
+  if (status != 0 && jitc::hot::active.load(std::memory_order_acquire) && getpid() == s.init_pid &&
       !s.goodbye_sent.load(std::memory_order_acquire) && !s.fatal_sent.exchange(true)) {
     char buf[512];
     jitc::json::Writer w(buf, sizeof buf);

@@ -18,6 +18,11 @@ const char* phase_name(int phase) {
   }
 }
 
+namespace hot {
+std::atomic<bool> active{false};
+std::atomic<uint32_t> armed_faults{0};
+}  // namespace hot
+
 State& state() {
   // Never destroyed: handlers and the agent may still read it during process exit.
   static State* s = new State();

@@ -35,7 +35,6 @@ struct State {
   // interposer on another thread may still hold the pointer.
   std::atomic<Watchdog*> watchdog{nullptr};
 
-  std::atomic<bool> active{false};
   std::atomic<int> fd{-1};                // supervisor channel, -1 = none
   std::atomic<int> wake_fd{-1};           // eventfd the agent polls (signal-safe write)
 
@@ -53,7 +52,6 @@ struct State {
   std::atomic<bool> snapshot_running{false};  // mirror of the gate, for the SIGTERM handler
   std::atomic<uint64_t> term_pending_ns{0};   // SIGTERM held since (0 = none)
 
-  std::atomic<uint32_t> armed_faults{0};  // bit (1 << Fault)
 
   static constexpr int kMaxPollers = 8;
   std::atomic<Poller> pollers[kMaxPollers] = {};

@@ -32,7 +32,7 @@ struct Op {
 
 Op g_ring[kRing];
 std::atomic<uint64_t> g_next{0};
-std::atomic<uint64_t> g_tracked{0}, g_dropped{0}, g_hangs{0};
+std::atomic<uint64_t> g_dropped{0}, g_hangs{0};   // tracked = g_next - g_dropped
 
 constexpr int kComms = 64;
 std::mutex g_comms_mu;
@@ -45,8 +45,8 @@ std::atomic<int> g_poison_err{ncclSuccess};
 
 std::atomic<bool> g_poller_added{false};
 
-thread_local ncclComm_t t_last_comm = nullptr;
-thread_local uint64_t t_last_gen = 0;
+thread_local ncclComm_t t_last_comm __attribute__((tls_model("initial-exec"))) = nullptr;
+thread_local uint64_t t_last_gen __attribute__((tls_model("initial-exec"))) = 0;
 
 struct Deferred {
   ncclComm_t comm;
@@ -55,7 +55,7 @@ struct Deferred {
   bool never_complete;
 };
 constexpr int kGroupOps = 32;
-thread_local int t_group_depth = 0;
+thread_local int t_group_depth __attribute__((tls_model("initial-exec"))) = 0;
 thread_local int t_group_n = 0;
 thread_local Deferred t_group[kGroupOps];
 
@@ -130,7 +130,6 @@ void issued(ncclComm_t comm, const char* name, cudaStream_t stream, bool never_c
     g_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  g_tracked.fetch_add(1, std::memory_order_relaxed);
   op.state.store(kPending, std::memory_order_release);
 }
 
@@ -227,7 +226,8 @@ void poll(uint64_t now_ns) {
 }
 
 Stats stats() {
-  return Stats{g_tracked.load(), g_dropped.load(), g_hangs.load()};
+  uint64_t dropped = g_dropped.load();
+  return Stats{g_next.load() - dropped, dropped, g_hangs.load()};
 }
 
 }  // namespace jitc::interpose::watch
