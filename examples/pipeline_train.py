@@ -10,9 +10,15 @@ head are replicated on stages 1 and S-2 (their gradients are summed over each pa
 the copies stay identical).
 
 Every step records each stage's gradient L2 norm *before* clipping (the CheckFree
-weights). Deterministic for a seed on CPU/gloo.
+weights) with ``session.record(grad_norm=...)``. Deterministic for a seed on CPU/gloo.
+Protected by jitc (``--no-jitc``: the plain loop): under ``jitc supervise`` a stage that
+keeps a data-parallel replica resumes from that replica's JIT snapshot, and a stage that
+lost every replica is rebuilt from its neighbours (CheckFree; CheckFree+ for an edge
+stage with ``--checkfree-plus``). See docs/checkfree.md.
 
     torchrun --nproc-per-node 4 examples/pipeline_train.py --stages 4 --steps 80
+    jitc supervise --inject crash@rank=2,step=30 -- \
+        torchrun --nproc-per-node 4 examples/pipeline_train.py --stages 4 --steps 80
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import llama_tiny as L  # noqa: E402
+import jitc  # noqa: E402
 from jitc.checkfree import GradNormRecorder, stage_order  # noqa: E402
 from jitc.checkfree.schedule import EdgeLayout, check_stages  # noqa: E402
 
@@ -49,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--save", type=str, default=None, help="write PATH.stage<s>.pt at the end")
     p.add_argument("--checkfree-plus", action="store_true")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--dim", type=int, default=L.Config.dim, help="model width")
+    p.add_argument("--no-jitc", action="store_true", help="plain loop, without jitc.protect")
     return p.parse_args(argv)
 
 
@@ -168,7 +177,7 @@ def main(argv=None) -> int:
         if args.microbatches % 2:
             raise SystemExit("--checkfree-plus swaps on half the microbatches: use an even --microbatches")
     lay = Layout(rank, args.stages, args.dp, args.checkfree_plus)
-    cfg = L.Config()
+    cfg = L.Config(dim=args.dim, hidden=2 * args.dim)
     stage = L.Stage(cfg, embed=lay.edges.holds_embedding(lay.stage),
                     head=lay.edges.holds_head(lay.stage)).init_weights(args.seed, lay.stage)
     optimizer = torch.optim.AdamW(stage.parameters(), lr=args.lr, weight_decay=0.0)
@@ -178,12 +187,14 @@ def main(argv=None) -> int:
     data = L.corpus()
     act_shape = (args.microbatch_size, cfg.seq, cfg.dim)
 
-    # HOOK(jitc): session = jitc.protect(stage, optimizer, scheduler=scheduler,
-    #     stage=lay.stage, num_stages=lay.S, replica_group=lay.stage_group,
-    #     grad_norm=grad_norm, checkfree_plus=args.checkfree_plus)
-    # and start = session.step; `for step in session.steps(args.steps)` below.
-    start = 0
-    for step in range(start, args.steps):
+    if args.no_jitc:
+        session, steps = None, range(args.steps)
+    else:
+        session = jitc.protect(stage, optimizer, scheduler=scheduler, seed=args.seed,
+                               stage=lay.stage, num_stages=lay.S,
+                               checkfree_plus=args.checkfree_plus)
+        steps = session.steps(args.steps)     # starts at the resume step
+    for step in steps:
         # Data is a pure function of (seed, step, replica): a resumed or replayed step
         # sees the same tokens.
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1009 + lay.replica)
@@ -194,23 +205,27 @@ def main(argv=None) -> int:
         loss_sum = train_step(stage, lay, inputs, targets, args, act_shape)
         sync_gradients(stage, lay)
         norm = grad_norm.record()                    # before clipping: the CheckFree weight
-        if args.clip > 0:
-            clip(stage, lay, args.clip)
-        # HOOK(jitc): the optimizer window (session marks it around these two calls).
-        optimizer.step()
-        scheduler.step()
-        grad_norm.commit(step)
-
+        if session is not None:
+            session.record(grad_norm=norm)
+        # Every collective of the step happens before the optimizer step: a rank waiting
+        # in one is outside the optimizer window, so its state is a consistent snapshot.
         dist.all_reduce(loss_sum)                     # every microbatch's loss lives on one rank
-        loss = loss_sum.item() / args.dp
-        if args.log_every and (step % args.log_every == 0 or step == args.steps - 1):
+        log = args.log_every and (step % args.log_every == 0 or step == args.steps - 1)
+        if log:
             norms = torch.zeros(lay.S)
             if lay.replica == 0:
                 norms[lay.stage] = float(norm)
             dist.all_reduce(norms)
-            if rank == 0:
-                print(f"step {step} loss {loss:.4f} grad_norms "
-                      + " ".join(f"{v:.3f}" for v in norms.tolist()), flush=True)
+        if args.clip > 0:
+            clip(stage, lay, args.clip)
+        optimizer.step()
+        scheduler.step()
+        grad_norm.commit(step)
+
+        loss = loss_sum.item() / args.dp
+        if log and rank == 0:
+            print(f"step {step} loss {loss:.4f} grad_norms "
+                  + " ".join(f"{v:.3f}" for v in norms.tolist()), flush=True)
 
     if args.save and lay.replica == 0:
         torch.save(stage.state_dict(), f"{args.save}.stage{lay.stage}.pt")

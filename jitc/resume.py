@@ -4,6 +4,13 @@ Parameters, buffers and optimizer state are copied into the user's own tensors (
 kept); optimizer state that does not exist yet (Adam creates it lazily) is created from the
 snapshot. Hyper-parameters, scheduler and user extras come from the pickled meta record.
 RNG streams need nothing: they are a function of (seed, rank, step) (see rng.py).
+
+Pipelines: with several stages the supervisor's snapshot is one complete snapshot per
+stage, ``<snap>/shard-<s>/manifest.json``; ``JITC_RESUME`` names shard 0's and a rank of
+stage s loads ``../shard-<s>/manifest.json`` beside it. A stage rebuilt by CheckFree
+(meta ``rebuilt``) has model tensors only: it resumes with a fresh optimizer state (the
+hyper-parameters and the scheduler follow its neighbour's) and its learning rate scaled by
+the recorded factor (checkfree/lr.py).
 """
 from __future__ import annotations
 
@@ -20,7 +27,14 @@ from .errors import CorruptSnapshotError, NoSnapshotError
 log = logging.getLogger("jitc")
 
 
-def choose(supervised: bool):
+def stage_manifest(named: Path, stage: int, num_stages: int) -> Path:
+    """The manifest this stage resumes from, given the one ``JITC_RESUME`` names."""
+    if num_stages <= 1 or not named.parent.name.startswith("shard-"):
+        return named
+    return named.parent.parent / f"shard-{stage}" / named.name
+
+
+def choose(supervised: bool, stage: int = 0, num_stages: int = 1):
     """(manifest path, loaded snapshot) to resume from, or (None, None): JITC_RESUME (supervisor), else in shim-only mode the
     newest complete snapshot under JITC_DIR. A corrupt JITC_RESUME falls back to the newest
     older complete snapshot; if there is none, that is an error, never a fresh start."""
@@ -29,36 +43,58 @@ def choose(supervised: bool):
     root = env.get(env.DIR)
     path = None
     if named:
+        named = stage_manifest(Path(named), stage, num_stages)
         try:
-            return Path(named), load(Path(named), verify=True)
+            return named, load(named, verify=True)
         except CorruptSnapshotError as e:
             log.error("jitc: %s; looking for an older complete snapshot", e)
-            path = latest_complete(Path(root)) if root else None
+            # With several stages the newest snapshot under root may be another stage's.
+            path = latest_complete(Path(root)) if root and num_stages <= 1 else None
             if path is None:
                 raise NoSnapshotError(f"cannot resume: {e}, and no older complete snapshot") from e
     elif not supervised and root and Path(root).is_dir():
         path = latest_complete(Path(root))
+        if path is not None and num_stages > 1:
+            raise NoSnapshotError(f"{path}: shim-only resume of a pipeline (several stages) "
+                                  "is not supported: run it under `jitc supervise`")
     # latest_complete verified it already; load it again only to map the tensors.
     return (path, load(path, verify=False)) if path is not None else (None, None)
 
 
 def restore(session) -> tuple[int, Path | None]:
     """Load the chosen snapshot into the session's objects; (first step to run, path)."""
-    path, snap = choose(session.supervised)
+    path, snap = choose(session.supervised, session.stage, session.num_stages)
     if path is None:
         return 0, None
     _check_same_model(session, snap, path)
     meta = pickle.loads(snap.meta) if snap.meta else {}
+    _check_same_stage(session, meta, path)
+    rebuilt = meta.get("rebuilt")
     with torch.no_grad():
         for item in st.model_tensors(session.model):
             item.tensor.copy_(snap.tensors[item.name])
-        _restore_optimizer(session.optimizer, snap.tensors, meta.get("optim"))
+        # A rebuilt stage's snapshot holds no optimizer tensors: the state stays fresh.
+        _restore_optimizer(session.optimizer, {} if rebuilt else snap.tensors, meta.get("optim"))
     if session.scheduler is not None and meta.get("scheduler") is not None:
         session.scheduler.load_state_dict(meta["scheduler"])
     for name, obj in session.extra_state.items():
         if name in meta.get("extra", {}):
             obj.load_state_dict(meta["extra"][name])
+    session._recorded.update(meta.get("record") or {})
+    if rebuilt:
+        from .checkfree.lr import LrRule
+        LrRule(float(rebuilt["lr_factor"])).apply(session.optimizer, session.scheduler)
+        log.warning("jitc: stage %d rebuilt by %s from stages %s: fresh optimizer state, "
+                    "learning rate x%s", session.stage, rebuilt.get("method"),
+                    rebuilt.get("sources"), rebuilt["lr_factor"])
     return snap.step, path
+
+
+def _check_same_stage(session, meta: dict, path: Path) -> None:
+    stage = (meta.get("pipeline") or {}).get("stage", 0)
+    if session.num_stages > 1 and stage != session.stage:
+        raise CorruptSnapshotError(f"{path}: snapshot is of stage {stage}, this rank runs "
+                                   f"stage {session.stage}")
 
 
 def _check_same_model(session, snap, path: Path) -> None:

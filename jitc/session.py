@@ -46,7 +46,8 @@ class Session:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
                  scheduler=None, extra_state: Mapping[str, Any] | None = None,
                  seed: int | None = None, stage: int | None = None,
-                 num_stages: int | None = None, periodic_every: int | None = None):
+                 num_stages: int | None = None, periodic_every: int | None = None,
+                 checkfree_plus: bool = False):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.extra_state = dict(extra_state or {})
         for name, obj in self.extra_state.items():
@@ -58,6 +59,8 @@ class Session:
         self.num_stages = 1 if num_stages is None else int(num_stages)
         if not 0 <= self.stage < self.num_stages:
             raise JitcError(f"stage {self.stage} is outside 0..{self.num_stages - 1}")
+        self.checkfree_plus = bool(checkfree_plus)
+        self._recorded: dict[str, Any] = {}
         self.periodic_every = periodic_every
         self.attempt = _attempt()
         self.step = -1
@@ -71,6 +74,8 @@ class Session:
         self._periodic_thread: threading.Thread | None = None
         self._in_backward = False
         self._register()
+        if self.num_stages > 1:
+            self._write_stage_layout()
         self.start_step, self.resumed_from = restore(self)
         if self.resumed_from is not None:
             self._register()
@@ -101,15 +106,44 @@ class Session:
         self._opt_state_size = st.optimizer_state_size(self.optimizer)
         self._has_scalar_state = bool(st.optimizer_scalars(self.optimizer)["per_param"])
 
+    def _write_stage_layout(self) -> None:
+        # For CheckFree: the supervisor rebuilds a lost stage to this layout (checkfree/layout.py).
+        root = env.get(env.DIR)
+        if root is None:
+            return
+        from .checkfree.layout import StageLayout, write_layout
+        tensors = tuple((i.name, st.DTYPES[i.tensor.dtype], tuple(i.tensor.shape))
+                        for i in st.model_tensors(self.model))
+        write_layout(root, StageLayout(self.stage, self.num_stages, self.checkfree_plus, tensors))
+
     def _meta(self, completed: int) -> bytes:
         optim = st.optimizer_scalars(self.optimizer) if self._has_scalar_state else {
             "param_groups": [{k: v for k, v in g.items() if k != "params"}
                              for g in self.optimizer.param_groups], "per_param": {}}
-        return pickle.dumps({
+        meta = {
             "completed": completed, "seed": self.seed, "optim": optim,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
-        }, protocol=pickle.HIGHEST_PROTOCOL)
+        }
+        if self.num_stages > 1:
+            meta["pipeline"] = {"stage": self.stage, "num_stages": self.num_stages,
+                                "checkfree_plus": self.checkfree_plus}
+        if self._recorded:
+            # float() here, at the step boundary, not inside the step: a GPU norm is read
+            # back once per step, after the optimizer step was queued.
+            meta["record"] = {k: float(v) for k, v in self._recorded.items()}
+        return pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def record(self, **values: float | torch.Tensor) -> None:
+        """Small per-step numbers (e.g. ``grad_norm=``) stored with this step's state.
+
+        Values recorded during step i go into the meta handed to the shim when step i+1
+        begins, so every snapshot carries the values of its last *completed* step (a step
+        that fails half-way leaves the previous ones). They survive restarts. The
+        supervisor reads ``grad_norm`` as the CheckFree weight of this stage: record it
+        every step, before gradient clipping.
+        """
+        self._recorded.update(values)
 
     # -- hooks -------------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -257,7 +291,7 @@ def _first_grad_tensor(output) -> torch.Tensor | None:
 def protect(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, scheduler=None,
             extra_state: Mapping[str, Any] | None = None, seed: int | None = None,
             stage: int | None = None, num_stages: int | None = None,
-            periodic_every: int | None = None) -> Session:
+            periodic_every: int | None = None, checkfree_plus: bool = False) -> Session:
     """Protect a training run: register its state, restore it on restart.
 
     Call after the model, optimizer and scheduler are built (and after
@@ -266,7 +300,11 @@ def protect(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, schedul
     data-parallel replica, like the scheduler). ``seed``: base of the per-step RNG streams
     (default: ``torch.initial_seed()``). ``stage``/``num_stages``: pipeline layout.
     ``periodic_every``: also write a background snapshot every N steps (the safety net
-    for failures that take out every replica).
+    for failures that take out every replica). ``checkfree_plus``: the pipeline trains
+    with the CheckFree+ swap schedule, so a lost edge stage may be restored by copying
+    its neighbour. Record per-step values (the CheckFree grad norm) with
+    :meth:`Session.record`.
     """
     return Session(model, optimizer, scheduler=scheduler, extra_state=extra_state, seed=seed,
-                   stage=stage, num_stages=num_stages, periodic_every=periodic_every)
+                   stage=stage, num_stages=num_stages, periodic_every=periodic_every,
+                   checkfree_plus=checkfree_plus)

@@ -69,6 +69,15 @@ def format_line(rec: dict[str, Any], t0: float) -> str:
     elif ev == "snapshot_done":
         text = (f"snapshot of step {rec.get('step')} published: {_size(rec.get('bytes') or 0)} in "
                 f"{rec.get('seconds', 0):.2f}s ({rec.get('snapshot')})")
+    elif ev == "stage_rebuilt":
+        text = f"stage {rec.get('stage')} at step {rec.get('step')} "
+        if rec.get("method") == "replica":
+            text += "restored from its surviving replica"
+        else:
+            src = ", ".join(str(s) for s in rec.get("neighbours") or [])
+            text += f"rebuilt by {rec.get('method')} from stage{'s' if ',' in src else ''} {src}"
+            if rec.get("weights") and len(rec["weights"]) > 1:
+                text += " (weights " + "/".join(f"{w:.3f}" for w in rec["weights"]) + ")"
     elif ev == "job_stopped":
         text = f"job stopped in {rec.get('seconds', 0):.2f}s"
         if rec.get("root_cause"):

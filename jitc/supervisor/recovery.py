@@ -9,7 +9,11 @@
     same shard and step
     publish the manifest (jitc.snapshot.publish: atomic rename)
 
-No usable replica of some shard: the newest complete snapshot already on disk
+No usable replica of some shard. Several shards (pipeline stages): stages.py plans per
+stage; the stages that have a replica are snapshotted as above and a lost one is rebuilt
+from its neighbours' fresh snapshots (CheckFree / CheckFree+) and published beside them;
+where that is impossible, the newest snapshot every stage has (stages.latest_complete_
+stages), else give up. One shard: the newest complete snapshot already on disk
 (``jitc.snapshot.latest_complete``: a periodic one or an earlier JIT one), else give up.
 Nothing is ever invented: a snapshot counts only once published.
 
@@ -32,6 +36,7 @@ from ..errors import JitcError
 from ..protocol import Msg
 from .events import EventLog
 from .server import RankInfo
+from .stages import METHOD, StagePlan, latest_complete_stages, plan_stages, rebuild_stage
 
 
 class Phase(enum.Enum):
@@ -86,6 +91,9 @@ class Recovery:
         self._step: int | None = None
         self._id = ""
         self._shards: dict[int, _Shard] = {}
+        self._base: Path | None = None
+        self._num_shards = 1
+        self._stage_plan: StagePlan | None = None
 
     # -- inputs --------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -163,19 +171,31 @@ class Recovery:
         usable = {r: a for r, a in self._answers.items()
                   if a.get("usable") and self.ranks[r].connected and isinstance(a.get("completed"), int)}
         num_shards = max([self.ranks[r].num_shards for r in self.ranks] + [1])
+        self._num_shards = num_shards
         by_shard: dict[int, dict[int, list[int]]] = {s: {} for s in range(num_shards)}
         for r in sorted(usable):
             by_shard.setdefault(self._shard_of(r), {}).setdefault(usable[r]["completed"], []).append(r)
-        common = set.intersection(*(set(steps) for steps in by_shard.values()))
-        if not common:
-            missing = [s for s, steps in by_shard.items() if not steps]
-            what = (f"no usable replica of shard {missing[0]}" if num_shards > 1
-                    else "no usable replica") if missing else "the shards' replicas hold different steps"
-            self._fallback(what)
-            return
-        self._step = max(common)
+        if num_shards > 1:
+            replicas: dict[int, int] = {}
+            for r in self.ranks:
+                replicas[self._shard_of(r)] = replicas.get(self._shard_of(r), 0) + 1
+            self._stage_plan = plan = plan_stages(by_shard, replicas, self.root)
+            if plan.reason is not None:
+                self._fallback(plan.reason)
+                return
+            self._step = plan.step
+            lost = {a.stage for a in plan.rebuilt}
+            by_shard = {s: steps for s, steps in by_shard.items() if s not in lost}
+        else:
+            common = set.intersection(*(set(steps) for steps in by_shard.values()))
+            if not common:
+                missing = [s for s, steps in by_shard.items() if not steps]
+                self._fallback("no usable replica" if missing
+                               else "the shards' replicas hold different steps")
+                return
+            self._step = max(common)
         self._id = self._new_id(self._step)
-        base = self.root / f"snap-{self._id}"
+        base = self._base = self.root / f"snap-{self._id}"
         for s, steps in by_shard.items():
             d = base if num_shards == 1 else base / f"shard-{s}"
             d.mkdir(parents=True, exist_ok=True)
@@ -222,10 +242,36 @@ class Recovery:
             return
         nbytes = sum(int(d.get("bytes") or 0) for sh in self._shards.values() for d in sh.done.values())
         stripes = sum(len(sh.writers) for sh in self._shards.values())
+        first = manifests.get(0) or self._base / "shard-0" / "manifest.json"
         self.events.emit("snapshot_done", self.attempt, step=self._step, bytes=nbytes,
-                         seconds=round(self.clock() - self._write_t0, 6), snapshot=str(manifests[0]),
+                         seconds=round(self.clock() - self._write_t0, 6), snapshot=str(first),
                          stripes=stripes)
-        self._finish(Outcome(protected=True, manifest=Path(manifests[0]), step=self._step))
+        if self._stage_plan is not None and not self._rebuild_stages(world):
+            return
+        self._finish(Outcome(protected=True, manifest=Path(first), step=self._step))
+
+    def _rebuild_stages(self, world: int | None) -> bool:
+        """Rebuild each lost stage from its neighbours' just-published snapshots; report
+        the stages restored from a surviving replica. False: fell back instead."""
+        plan = self._stage_plan
+        for a in plan.actions:
+            if METHOD.get(a.action.value) == "replica":
+                self.events.emit("stage_rebuilt", self.attempt, stage=a.stage, method="replica",
+                                 neighbours=[], weights=None, step=self._step,
+                                 detail=a.message)
+        for a in plan.rebuilt:
+            t0 = self.clock()
+            try:
+                manifest, result = rebuild_stage(a, self._base, self.root, self._step, world)
+            except (JitcError, OSError) as e:
+                self._fallback(f"rebuilding stage {a.stage} failed: {e}")
+                return False
+            self.events.emit("stage_rebuilt", self.attempt, stage=a.stage,
+                             method=METHOD[a.action.value], neighbours=list(a.sources),
+                             weights=[round(w, 6) for w in result.weights],
+                             grad_norms=list(result.norms), step=self._step,
+                             seconds=round(self.clock() - t0, 6), snapshot=str(manifest))
+        return True
 
     def _fallback(self, reason: str) -> None:
         if self.phase is Phase.DONE:
@@ -233,7 +279,12 @@ class Recovery:
         found = None
         try:
             from ..snapshot import latest_complete
-            found = latest_complete(self.root) if self.root.is_dir() else None
+            if not self.root.is_dir():
+                found = None
+            elif self._num_shards > 1:
+                found = latest_complete_stages(self.root, self._num_shards)
+            else:
+                found = latest_complete(self.root)
         except (JitcError, OSError, ImportError):
             found = None
         if found is None:
