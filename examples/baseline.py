@@ -19,15 +19,25 @@ import torch.distributed as dist
 
 
 class Trace:
-    """Append-only JSON lines, one process each (rank 0 writes)."""
+    """Append-only JSON lines. Rank 0 writes the timeline; ``any_rank`` is for the few
+    events only the rank they happen on can report (an injected fault, before it fires).
+    Each record is one small ``write`` on an O_APPEND file, so ranks do not interleave."""
 
     def __init__(self, path: str | None, rank: int):
+        self._path, self.rank = path, rank
         self.path = path if rank == 0 else None
 
     def __call__(self, event: str, **fields) -> None:
         if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"ts": time.time(), "event": event, **fields}) + "\n")
+            self._write(event, fields)
+
+    def any_rank(self, event: str, **fields) -> None:
+        if self._path:
+            self._write(event, dict(fields, rank=self.rank))
+
+    def _write(self, event: str, fields: dict) -> None:
+        with open(self._path, "a") as f:
+            f.write(json.dumps({"ts": time.time(), "event": event, **fields}) + "\n")
 
 
 class PeriodicCheckpointer:
@@ -36,6 +46,7 @@ class PeriodicCheckpointer:
         self.model, self.optimizer, self.scheduler, self.trace = model, optimizer, scheduler, trace
         self.rank = dist.get_rank()
         self._pending = None   # DCP async future
+        self._loaded = 0       # the step restored by load(): already on disk, never re-saved
         # The background save runs collectives (metadata gather) while training runs its
         # own: on one process group the two interleave and deadlock, so DCP gets its own.
         self._pg = dist.new_group(backend="gloo") if kind == "dcp" else None
@@ -73,11 +84,13 @@ class PeriodicCheckpointer:
                            optim_state_dict=state["optim"])
             self.scheduler.load_state_dict(torch.load(path / "sched.pt", weights_only=False))
         self.trace("ckpt_loaded", step=step, seconds=time.time() - t0)
+        self._loaded = step
         return step
 
     def maybe_save(self, completed: int) -> None:
         """Called at the start of step `completed` (state = after `completed` steps)."""
-        if completed == 0 or completed % self.every:
+        # After a restart the loop begins at the restored step, which is on disk already.
+        if completed == 0 or completed % self.every or completed <= self._loaded:
             return
         t0 = time.time()
         path = self.dir / f"step-{completed}"
@@ -88,6 +101,7 @@ class PeriodicCheckpointer:
                 tmp.mkdir()
                 torch.save(self._state(), tmp / "state.pt")
                 os.sync()
+                shutil.rmtree(path, ignore_errors=True)   # left incomplete by a crash
                 tmp.rename(path)
                 (path / ".complete").touch()
         else:

@@ -164,7 +164,7 @@ def main(argv=None) -> None:
             start = ckpt.load()
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
         injector = Injector(parse_specs([os.environ.get("JITC_INJECT", "")]), rank, attempt,
-                            lambda spec: trace("fault_injected", kind=spec.kind, step=spec.step))
+                            lambda spec: trace.any_rank("fault_injected", kind=spec.kind, step=spec.step))
         batches = _plain_batches(loader, args.seed, rank, start, args.steps, ckpt, injector)
     else:
         session = jitc.protect(ddp, optimizer, scheduler=scheduler, seed=args.seed,
