@@ -28,10 +28,22 @@ namespace jitc::agent {
 namespace {
 
 std::atomic<bool> g_stop{false};
-std::mutex g_life_mu;
-std::condition_variable g_life_cv;
-bool g_running = false;
-std::thread g_thread;
+
+// The agent thread's lifetime. Never destroyed, like State: a process that exits without
+// jitc_shutdown (an uncaught Python exception, sys.exit in user code) runs static
+// destructors while the thread still runs, and a destroyed joinable std::thread calls
+// std::terminate, turning the user's exit code into SIGABRT.
+struct Life {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool running = false;
+  std::thread thread;
+};
+
+Life& life() {
+  static Life* l = new Life();
+  return *l;
+}
 
 struct Loop {
   std::vector<char> buf = std::vector<char>(channel::kHeaderSize + channel::kMaxPayload + 64);
@@ -343,10 +355,10 @@ void run() {
 void thread_main() {
   run();
   {
-    std::lock_guard<std::mutex> lock(g_life_mu);
-    g_running = false;
+    std::lock_guard<std::mutex> lock(life().mu);
+    life().running = false;
   }
-  g_life_cv.notify_all();
+  life().cv.notify_all();
 }
 
 }  // namespace
@@ -377,17 +389,17 @@ bool start(std::string* why) {
   s.wake_fd.store(efd);
   g_stop.store(false);
   {
-    std::lock_guard<std::mutex> lock(g_life_mu);
-    g_running = true;
+    std::lock_guard<std::mutex> lock(life().mu);
+    life().running = true;
   }
   // The thread inherits the caller's signal mask (Python's main thread blocks nothing),
   // so a process-directed SIGTERM may land here: the handler is async-signal-safe.
   try {
-    g_thread = std::thread(thread_main);
+    life().thread = std::thread(thread_main);
   } catch (const std::exception& e) {
     *why = std::string("agent thread: ") + e.what();
-    std::lock_guard<std::mutex> lock(g_life_mu);
-    g_running = false;
+    std::lock_guard<std::mutex> lock(life().mu);
+    life().running = false;
     return false;
   }
   return true;
@@ -395,18 +407,19 @@ bool start(std::string* why) {
 
 void stop(double timeout_s) {
   State& s = state();
-  if (!g_thread.joinable()) return;
+  Life& l = life();
+  if (!l.thread.joinable()) return;
   g_stop.store(true);
   wake_agent();
-  std::unique_lock<std::mutex> lock(g_life_mu);
-  bool done = g_life_cv.wait_for(lock, std::chrono::microseconds(static_cast<int64_t>(timeout_s * 1e6)),
-                                 [] { return !g_running; });
+  std::unique_lock<std::mutex> lock(l.mu);
+  bool done = l.cv.wait_for(lock, std::chrono::microseconds(static_cast<int64_t>(timeout_s * 1e6)),
+                            [&l] { return !l.running; });
   lock.unlock();
   if (done) {
-    g_thread.join();
+    l.thread.join();
   } else {
     debug("agent thread did not stop within %.1f s: detached", timeout_s);
-    g_thread.detach();
+    l.thread.detach();
   }
   int efd = s.wake_fd.exchange(-1);
   if (efd >= 0 && done) close(efd);

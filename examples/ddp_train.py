@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     started = time.time()
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
+    jitc.init_process_group("nccl" if cuda else "gloo")  # restart-safe under torchrun
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:

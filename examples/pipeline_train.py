@@ -168,7 +168,7 @@ def train_step(stage: L.Stage, lay: Layout, inputs, targets, args, act_shape) ->
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+    jitc.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     world, rank = dist.get_world_size(), dist.get_rank()
     if world != args.stages * args.dp:
         raise SystemExit(f"world size {world} != stages {args.stages} * dp {args.dp}")

@@ -140,3 +140,17 @@ def test_unsupervised_sigterm_not_held() -> None:
     child.wait(timeout=5)
     assert time.monotonic() - t0 < 1.0
     assert child.returncode == -signal.SIGTERM
+
+
+def test_uncaught_exception_keeps_its_exit_status(supervisor) -> None:
+    # The script dies of a Python exception without jitc_shutdown: the interpreter exits
+    # with status 1 while the agent thread still runs. That must stay status 1, not
+    # std::terminate's SIGABRT from destroying a joinable thread at exit.
+    for env in ({}, {"JITC_SOCKET": supervisor.path}):
+        child = spawn(INIT + "lib.jitc_step_begin(3)\nraise ValueError('user bug')\n", env)
+        if env:
+            supervisor.accept()
+            supervisor.expect(Msg.HELLO)
+        out, err = child.communicate(timeout=15)
+        assert child.returncode == 1, err
+        assert "ValueError: user bug" in err and "terminate called" not in err, err
