@@ -85,15 +85,12 @@ class Job:
         trace, out = d / "trace.jsonl", d / "final.pt"
         port = str(free_port())
         train = [str(BIN / "torchrun"), "--nproc-per-node", str(a.nproc), "--monitor-interval", "0.1"]
-        if kind.startswith("jit"):   # jitc restarts the whole torchrun: static rendezvous is fine
-            train += ["--master-addr", "127.0.0.1", "--master-port", port]
-        else:
-            # torchrun restarting its own workers under the default static rendezvous reuses
-            # the agent's store across attempts, and a restarted gloo group can read a dead
-            # peer's address (seen here: "connectFullMesh failed ... Connection refused",
-            # or a hang). A c10d rendezvous gives each restart round a fresh one.
-            train += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-                      "--rdzv-id", f"compare-{self.n}"]
+        # Static rendezvous for all. jitc restarts the whole torchrun; the baselines rely on
+        # torchrun restarting its workers, which reuses the agent's store across attempts:
+        # the example creates its group with jitc.init_process_group, which keys each
+        # attempt apart (with torch's plain call a restarted gloo group can read a dead
+        # peer's address: "connectFullMesh failed ... Connection refused", or a hang).
+        train += ["--master-addr", "127.0.0.1", "--master-port", port]
         script = [str(EXAMPLE), "--steps", str(a.steps), "--quiet", "--trace", str(trace),
                   "--save", str(out), *a.model.split()]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
