@@ -55,18 +55,20 @@ struct Deferred {
   bool never_complete;
 };
 constexpr int kGroupOps = 32;
-thread_local int t_group_depth __attribute__((tls_model("initial-exec"))) = 0;
 thread_local int t_group_n = 0;
 thread_local Deferred t_group[kGroupOps];
 
-void ensure_poller() {
-  if (g_poller_added.load(std::memory_order_relaxed)) return;
+// The fast paths below run on every collective; their slow halves are out of line so the
+// common case stays a handful of instructions with few registers to save.
+__attribute__((noinline, cold)) void add_poller_once() {
   if (!g_poller_added.exchange(true)) jitc::add_poller(&poll);
 }
 
-void note_comm(ncclComm_t comm) {
-  uint64_t gen = g_comm_gen.load(std::memory_order_relaxed);
-  if (comm == t_last_comm && gen == t_last_gen) return;
+inline void ensure_poller() {
+  if (!g_poller_added.load(std::memory_order_relaxed)) add_poller_once();
+}
+
+__attribute__((noinline)) void note_comm_slow(ncclComm_t comm, uint64_t gen) {
   std::lock_guard<std::mutex> lock(g_comms_mu);
   int free_slot = -1;
   for (int i = 0; i < kComms; ++i) {
@@ -82,9 +84,14 @@ void note_comm(ncclComm_t comm) {
   t_last_gen = gen;
 }
 
+inline void note_comm(ncclComm_t comm) {
+  uint64_t gen = g_comm_gen.load(std::memory_order_relaxed);
+  if (comm != t_last_comm || gen != t_last_gen) note_comm_slow(comm, gen);
+}
+
 // Records the slot's event on stream, creating or re-creating it as needed (an event
 // belongs to the device current at its creation; a stream on another device rejects it).
-bool record(Op& op, cudaStream_t stream) {
+__attribute__((noinline)) bool record_slow(Op& op, cudaStream_t stream) {
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (op.event == nullptr &&
         real_cudart::cudaEventCreateWithFlags(&op.event, cudaEventDisableTiming) != cudaSuccess) {
@@ -96,6 +103,17 @@ bool record(Op& op, cudaStream_t stream) {
     op.event = nullptr;
   }
   return false;
+}
+
+inline bool record(Op& op, cudaStream_t stream) {
+  if (op.event != nullptr && real_cudart::cudaEventRecord(op.event, stream) == cudaSuccess)
+    return true;
+  return record_slow(op, stream);
+}
+
+__attribute__((noinline, cold)) void drop(Op* op) {
+  if (op != nullptr) op->state.store(kFree, std::memory_order_release);
+  g_dropped.fetch_add(1, std::memory_order_relaxed);
 }
 
 void report_hang(const Op& op, uint64_t now_ns, double timeout_s) {
@@ -111,13 +129,15 @@ void report_hang(const Op& op, uint64_t now_ns, double timeout_s) {
 
 }  // namespace
 
+__thread int t_group_depth __attribute__((tls_model("initial-exec"))) = 0;
+
 void issued(ncclComm_t comm, const char* name, cudaStream_t stream, bool never_complete) {
   ensure_poller();
   note_comm(comm);
   Op& op = g_ring[g_next.fetch_add(1, std::memory_order_relaxed) % kRing];
   int expected = kFree;
   if (!op.state.compare_exchange_strong(expected, kFilling, std::memory_order_acquire)) {
-    g_dropped.fetch_add(1, std::memory_order_relaxed);
+    drop(nullptr);
     return;
   }
   op.comm = comm;
@@ -126,8 +146,7 @@ void issued(ncclComm_t comm, const char* name, cudaStream_t stream, bool never_c
   op.forgotten.store(false, std::memory_order_relaxed);
   op.issued_ns = jitc::now_ns();
   if (!never_complete && !record(op, stream)) {
-    op.state.store(kFree, std::memory_order_release);
-    g_dropped.fetch_add(1, std::memory_order_relaxed);
+    drop(&op);
     return;
   }
   op.state.store(kPending, std::memory_order_release);
@@ -135,7 +154,6 @@ void issued(ncclComm_t comm, const char* name, cudaStream_t stream, bool never_c
 
 void group_start() { ++t_group_depth; }
 
-bool in_group() { return t_group_depth > 0; }
 
 void group_defer(ncclComm_t comm, const char* name, cudaStream_t stream, bool never_complete) {
   if (t_group_n < kGroupOps) {

@@ -28,7 +28,9 @@ void issued(ncclComm_t comm, const char* op, cudaStream_t stream, bool never_com
 void group_start();
 void group_defer(ncclComm_t comm, const char* op, cudaStream_t stream, bool never_complete);
 void group_end(bool launched);
-bool in_group();
+// Group nesting depth of the calling thread (inline: read on every collective).
+extern __thread int t_group_depth __attribute__((tls_model("initial-exec")));
+inline bool in_group() { return t_group_depth > 0; }
 
 // An injected nccl-error: ncclCommGetAsyncError on comm reports err from now on.
 void poison(ncclComm_t comm, ncclResult_t err);

@@ -15,7 +15,7 @@
 
 namespace jitc::interpose {
 
-thread_local int t_inside __attribute__((tls_model("initial-exec"))) = 0;
+__thread int t_inside __attribute__((tls_model("initial-exec"))) = 0;
 
 namespace {
 

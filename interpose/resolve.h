@@ -40,7 +40,8 @@ inline void* real(Library& lib, size_t index) {
 // classified once and an armed fault is never consumed by the shim's own calls.
 // initial-exec: the library is preloaded, so its TLS is static and this is one
 // %fs-relative load instead of a __tls_get_addr call on every interposed call.
-extern thread_local int t_inside __attribute__((tls_model("initial-exec")));
+// __thread, not thread_local: an extern thread_local costs a TLS-wrapper check per use.
+extern __thread int t_inside __attribute__((tls_model("initial-exec")));
 
 struct Guard {
   Guard() { ++t_inside; }
