@@ -7,7 +7,7 @@ model B under ``jitc.protect`` (registered state, step/phase/optimizer-window ho
 per-step meta hand-over, per-step reseeding, the native agent thread). Both see the same
 machine at the same moment, so median(B) - median(A) is jitc's added time per step.
 
-    python benchmarks/step_cost.py [--steps 400] [--dim 128 --layers 2]
+    python benchmarks/step_cost.py [--steps 400] [--dim 128 --layers 2] (model flags: ddp_train.py's)
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+import ddp_train  # noqa: E402
 from ddp_train import Chunks, CharTransformer, corpus  # noqa: E402
 
 import jitc  # noqa: E402
@@ -31,7 +32,7 @@ import jitc  # noqa: E402
 
 def build(args, seed: int):
     torch.manual_seed(seed)
-    model = CharTransformer(args.context, args.dim, args.layers, args.heads, 0.1)
+    model = CharTransformer(args.context, args.dim, args.layers, args.heads, args.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / args.steps)))
     return model, opt, sched
@@ -46,16 +47,13 @@ def step(model, opt, sched, x, y) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=400)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="Model flags (--dim, --layers, ...) are examples/ddp_train.py's.")
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--context", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step_cost.json"))
-    args = p.parse_args()
+    own, model_flags = p.parse_known_args()
+    args = ddp_train.parse_args(["--steps", "400", "--dim", "128", *model_flags])
+    args.warmup, args.out = own.warmup, own.out
     torch.set_num_threads(1)
     data = Chunks(corpus(), args.context)
     batches = [tuple(torch.stack(t) for t in zip(*(data[(i * args.batch_size + j) % len(data)]
