@@ -51,13 +51,16 @@ def inspect_cmd(path: Path) -> int:
               help="Seconds between SIGTERM and SIGKILL when stopping the job.")
 @click.option("--snapshot-timeout", type=float, default=120.0, show_default=True,
               help="Seconds to wait for the just-in-time snapshot.")
+@click.option("--no-standby", "no_standby", is_flag=True,
+              help="Start every restart cold. Default: the next attempt's launcher is "
+                   "started and warmed up during training, and takes over at the restart.")
 @click.option("--inject", "injects", multiple=True, metavar="SPEC",
               help="Fault to inject: KIND@rank=R,step=S[,phase=P][,attempt=A] (repeatable).")
 @click.option("--lib", type=click.Path(path_type=Path), default=None,
               help="libjitc.so to preload (default: the installed one; JITC_LIB overrides).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, snapshot_timeout, injects,
-                  lib, command) -> int:
+def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, snapshot_timeout, no_standby,
+                  injects, lib, command) -> int:
     """Run COMMAND (e.g. torchrun ...) under the jitc supervisor:
 
     jitc supervise [OPTIONS] -- COMMAND...
@@ -82,7 +85,7 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, snapshot_timeout, 
         run_dir.parent.mkdir(parents=True, exist_ok=True)
     opts = Options(command=tuple(command), run_dir=run_dir, lib=lib.resolve(), injects=specs,
                    max_restarts=max_restarts, hang_timeout_s=resolve_hang_timeout(hang_timeout),
-                   grace_s=grace, snapshot_timeout_s=snapshot_timeout)
+                   grace_s=grace, snapshot_timeout_s=snapshot_timeout, standby=not no_standby)
     result = Supervisor(opts).run()
     return int(result.exit_code)
 

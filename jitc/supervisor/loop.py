@@ -29,9 +29,10 @@ from .classify import HANG_KINDS, Failure, root_causes
 from .events import EventLog
 from .options import HANG_BACKSTOP_MARGIN_S, Options, derived_hang_timeout
 from .policy import RestartPolicy
-from .process import Job, become_subreaper, preload_env, reap_orphans
+from .process import Job, become_subreaper, child_setup, preload_env, reap_orphans
 from .recovery import Outcome, Recovery
 from .server import Connection, RankInfo, Server, phase_index, phase_name
+from .standby import Plan, Standby, plan
 from .state import ALLOWED, ExitCode, RunResult, State
 
 _ORPHAN_REAP_EVERY_S = 1.0
@@ -70,6 +71,8 @@ class Supervisor:
         self.events: EventLog | None = None
         self.server: Server | None = None
         self.job: Job | None = None
+        self.standby_plan: Plan | None = None
+        self.standby: Standby | None = None
         self.sel = selectors.DefaultSelector()
         self.prev_last_started: int | None = None
         self._next_reap = 0.0
@@ -91,6 +94,8 @@ class Supervisor:
         finally:
             if self.job is not None and self.job.returncode is None:
                 self._stop_job(self.clock(), roots=[])
+            if self.standby is not None:
+                self.standby.discard()
             if self.server is not None:
                 self.server.close()
             if self.events is not None:
@@ -105,6 +110,8 @@ class Supervisor:
         self.server = Server(self.opts.socket_path())
         self.sel.register(self.server, selectors.EVENT_READ, "server")
         become_subreaper()
+        if self.opts.standby:
+            self.standby_plan = plan(self.opts.command, self._child_env())
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.interrupted is None:
@@ -170,7 +177,7 @@ class Supervisor:
                 self._after_recovery(outcome, now)
 
     # -- job -------------------------------------------------------------------------------
-    def _start_job(self, now: float) -> None:
+    def _child_env(self) -> dict[str, str]:
         child_env = dict(os.environ)
         child_env.update(self.opts.extra_env)
         child_env[env.LD_PRELOAD] = preload_env(child_env, self.opts.lib)
@@ -186,14 +193,33 @@ class Supervisor:
             child_env[env.RESUME] = str(self.resume)
         elif self.attempt > 0:
             child_env.pop(env.RESUME, None)   # never resume a restart from a stale manifest
-        self.job = Job(self.opts.command, child_env)
+        return child_env
+
+    def _start_job(self, now: float) -> None:
+        child_env = self._child_env()
+        popen, self.standby = (self.standby.go(child_env) if self.standby else None), None
+        self.job = Job(self.opts.command, child_env, popen=popen)
         self.sel.register(self.job.pidfd, selectors.EVENT_READ, "job")
         self._goto(State.RUNNING)
         _warm_up_snapshot_module()
+        self._prepare_standby()
         self.events.emit("start", self.attempt, pid=self.job.pid, command=list(self.opts.command),
                          run_dir=str(self.opts.run_dir), socket=str(self.server.path),
                          resume=str(self.resume) if self.resume else None,
-                         inject=[str(s) for s in self.opts.injects] or None)
+                         inject=[str(s) for s in self.opts.injects] or None,
+                         launcher="standby" if popen else "cold")
+
+    def _prepare_standby(self) -> None:
+        """Start the next attempt's launcher warming up beside the job just started (its
+        warm-up thread runs at the lowest priority), if a restart is left."""
+        if (self.standby is None and self.standby_plan is not None
+                and self.policy.allows_restart(self.attempt)):
+            try:
+                self.standby = Standby(self.standby_plan, self._child_env(),
+                                       child_setup(os.getpid()))
+            except OSError as e:
+                self.standby_plan = None    # e.g. the interpreter vanished: restart cold
+                self._say(f"no standby launcher ({e}); restarts start cold")
 
     def _on_job_exit(self, now: float) -> None:
         self.sel.unregister(self.job.pidfd)
@@ -225,7 +251,8 @@ class Supervisor:
                 self.sel.unregister(self.job.pidfd)
             except (KeyError, ValueError):
                 pass
-        report = self.job.stop(self.opts.grace_s, self.opts.kill_wait_s)
+        report = self.job.stop(self.opts.grace_s, self.opts.kill_wait_s,
+                               spare=self.standby.pid if self.standby else None)
         for key in list(self.sel.get_map().values()):
             if isinstance(key.data, Connection):
                 self.sel.unregister(key.data)

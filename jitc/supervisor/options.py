@@ -52,6 +52,7 @@ class Options:
     snapshot_timeout_s: float = 120.0           # SNAPSHOT -> every stripe's SNAPSHOT_DONE
     tick_s: float = 0.05                        # loop wake-up when nothing happens
     kill_wait_s: float = 5.0                    # after SIGKILL, wait this long for the exit
+    standby: bool = True                        # --no-standby: every restart starts cold
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -7,8 +7,8 @@ child subreaper so ranks orphaned by a dying launcher re-parent to it and are st
 (and reaped) by the descendant walk in ``stop``.
 
 WARNING: ``stop`` signals every descendant of the supervisor process, not only the job's
-process group: ranks may have called setsid(). Do not run other children from the
-supervisor process.
+process group: ranks may have called setsid(). The only other child the supervisor may
+run is the standby launcher of the next attempt (standby.py), which ``stop`` spares by pid.
 """
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def preload_env(base: dict[str, str], lib: Path) -> str:
     return ":".join([str(lib), *existing])
 
 
+def child_setup(parent_pid: int):
+    """preexec_fn for a job process (or a standby that will become one)."""
+    return lambda: _child_setup(parent_pid)
+
+
 def _child_setup(parent_pid: int) -> None:
     # Runs in the child between fork and exec: only async-signal-safe work (a prctl and a
     # getppid). If the supervisor died before the prctl, the signal would never come.
@@ -59,13 +64,16 @@ class StopReport:
 class Job:
     """One attempt of the user's command."""
 
-    def __init__(self, command: tuple[str, ...], env: dict[str, str]):
-        parent = os.getpid()
-        self.popen = subprocess.Popen(list(command), env=env, start_new_session=True,
-                                      preexec_fn=lambda: _child_setup(parent))
+    def __init__(self, command: tuple[str, ...], env: dict[str, str],
+                 popen: subprocess.Popen | None = None):
+        """Start ``command``, or adopt ``popen``: a process started the same way (its own
+        session, the death signal), e.g. a standby that was just told to run it."""
+        self.popen = popen or subprocess.Popen(list(command), env=env, start_new_session=True,
+                                               preexec_fn=child_setup(os.getpid()))
         self.pid = self.popen.pid
         self.pgid = self.pid     # start_new_session: the child leads its own group
         self.pidfd = os.pidfd_open(self.pid)
+        self._spare: int | None = None
 
     @property
     def returncode(self) -> int | None:
@@ -76,11 +84,12 @@ class Job:
             os.close(self.pidfd)
             self.pidfd = -1
 
-    def stop(self, grace_s: float, kill_wait_s: float) -> StopReport:
-        """SIGTERM the process group and every descendant, wait ``grace_s``, SIGKILL what is
-        left, wait ``kill_wait_s``. Reaps everything it can."""
+    def stop(self, grace_s: float, kill_wait_s: float, spare: int | None = None) -> StopReport:
+        """SIGTERM the process group and every descendant but ``spare`` (a standby's pid),
+        wait ``grace_s``, SIGKILL what is left, wait ``kill_wait_s``. Reaps what it can."""
         t0 = time.monotonic()
-        first = _descendants()
+        self._spare = spare
+        first = self._descendants()
         _signal_all(self.pgid, first, signal.SIGTERM)
         deadline = t0 + grace_s
         alive = self._wait(deadline)
@@ -99,7 +108,7 @@ class Job:
         """Wait until every descendant exited or the deadline passed; the survivors."""
         while True:
             self.popen.poll()          # reaps the direct child through Popen (keeps its code)
-            procs = [p for p in _descendants() if p.pid != self.pid]
+            procs = [p for p in self._descendants() if p.pid != self.pid]
             gone, alive = psutil.wait_procs(procs, timeout=0)
             if self.popen.returncode is None:
                 alive.append(psutil.Process(self.pid))
@@ -107,6 +116,9 @@ class Job:
             if not alive or time.monotonic() >= deadline:
                 return alive
             time.sleep(0.02)
+
+    def _descendants(self) -> list[psutil.Process]:
+        return [p for p in _descendants() if p.pid != self._spare]
 
 
 def reap_orphans(job_pid: int | None) -> None:

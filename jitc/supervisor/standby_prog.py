@@ -1,0 +1,94 @@
+"""The standby launcher's program: run by the job's own Python interpreter, not imported.
+
+    PYTHON standby_prog.py FD MODE TARGET [MODULE...]
+
+Imports MODULEs in a low-priority thread (the training job of the current attempt is
+still running beside it), then blocks reading one JSON line from FD: ``{"argv": [...],
+"env": {...}}``. It takes that environment and argv and runs TARGET as ``__main__``:
+a script path (MODE ``script``) or a module name (MODE ``module``, as ``python -m``).
+EOF without a line (the supervisor discarded it or died) exits 0 having run nothing.
+
+Stdlib only, and nothing imported before ``sys.path[0]`` is what ``python TARGET`` would
+have made it: this file's directory must not shadow the job's modules.
+"""
+import sys
+
+FD, MODE, TARGET, WARM = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+if MODE == "script":
+    sys.path[0] = __import__("os").path.dirname(__import__("os").path.realpath(TARGET))
+else:
+    sys.path[0] = __import__("os").getcwd()
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import runpy  # noqa: E402
+import threading  # noqa: E402
+
+# Modules that must not be imported ahead of the attempt: they may read the attempt's
+# environment at import time.
+NEVER_WARM = ("jitc",)
+
+
+def user_code(name: str) -> bool:
+    """Whether the top-level package ``name`` is the job's own code (under the script's
+    directory or the working directory) or jitc: importing it early could run user code
+    with the previous attempt's environment."""
+    if name in NEVER_WARM:
+        return True
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return True
+    origin = getattr(spec, "origin", None) if spec else None
+    if not origin or origin in ("built-in", "frozen"):
+        return spec is None
+    path = os.path.realpath(origin)
+    roots = {os.path.realpath(sys.path[0]), os.path.realpath(os.getcwd())}
+    return any(path.startswith(r + os.sep) for r in roots if r != os.sep)
+
+
+MAIN_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+warm_tid = None
+
+
+def warm(modules: list[str]) -> None:
+    global warm_tid
+    warm_tid = threading.get_native_id()
+    try:   # per thread on Linux: the main thread keeps its priority for the real run
+        os.setpriority(os.PRIO_PROCESS, warm_tid, 19)
+    except OSError:
+        pass
+    for name in modules:
+        if user_code(name.split(".")[0]):
+            continue
+        try:
+            importlib.import_module(name)
+        except BaseException:   # the real run imports it again and reports the error
+            pass
+
+
+def main() -> None:
+    threading.Thread(target=warm, args=(WARM,), name="jitc-standby-warm", daemon=True).start()
+    with os.fdopen(FD, "rb") as f:
+        line = f.readline()
+    if not line.endswith(b"\n"):
+        sys.exit(0)
+    go = json.loads(line)
+    if warm_tid is not None:
+        # The real run waits on a module the warm-up may still be importing: give it the
+        # main thread's priority back (allowed for root or within RLIMIT_NICE).
+        try:
+            os.setpriority(os.PRIO_PROCESS, warm_tid, MAIN_NICE)
+        except OSError:
+            pass
+    os.environ.clear()
+    os.environ.update(go["env"])
+    sys.argv = list(go["argv"])
+    if MODE == "module":
+        runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(TARGET, run_name="__main__")
+
+
+main()
