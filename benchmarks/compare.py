@@ -18,8 +18,8 @@ ratio of steady step times (first step done -> finished, / steps; checkpoints in
 Lost time per failure = (wall - fault-free unprotected wall) / failures, split into
 detect / checkpoint / restart / replay / other (see compare_model.split_lost).
 
-    python benchmarks/compare.py --quick       # ~6 min on 2 cores
-    python benchmarks/compare.py               # the default trace
+    python benchmarks/compare.py --quick       # ~5 min on 2 cores
+    python benchmarks/compare.py               # the default trace (~50 min)
 """
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ EXAMPLE = ROOT / "examples" / "ddp_train.py"
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results"
 # torchrun's agent logs like "W1123 15:18:47.611000 25687 .../api.py:1028] Sending process ..."
+# The default trace must be in the regime the comparison is about: checkpoints that cost
+# something (C ~ 0.8 s: ~220 MB of state, saved and synced) and failures far apart compared
+# with a restart (MTBF 200 steps ~ 100 s, ~30x the ~3 s restart; on real clusters hours
+# against minutes). The quick trace is a smoke run: failures every ~1.5 s, where restarts
+# dominate everything.
+DEFAULT_MODEL = {"quick": "--dim 256 --layers 4 --heads 4 --batch-size 2 --context 16",
+                 "default": "--dim 512 --layers 6 --heads 8 --batch-size 2 --context 16"}
 AGENT_LINE = re.compile(r"^[WEI](\d\d)(\d\d) (\d\d):(\d\d):(\d\d\.\d+) \d+ .*"
                         r"(closing signal SIGTERM|failed \(exitcode)")
 
@@ -76,9 +83,12 @@ class Job:
     def __init__(self, args, work: Path):
         self.args, self.work, self.n = args, work, 0
 
-    def run(self, name: str, *, kind: str, failures=(), every: int | None = None) -> dict:
-        """kind: unprotected | scratch | torch | dcp | jit | jit+periodic."""
+    def run(self, name: str, *, kind: str, failures=(), every: int | None = None,
+            steps: int | None = None) -> dict:
+        """kind: unprotected | scratch | torch | dcp | jit | jit+periodic; steps: a.steps
+        unless given (the calibration and the overhead pairs run shorter)."""
         a = self.args
+        steps = steps or a.steps
         self.n += 1
         d = self.work / f"{self.n:02d}-{name}"
         d.mkdir()
@@ -91,7 +101,7 @@ class Job:
         # attempt apart (with torch's plain call a restarted gloo group can read a dead
         # peer's address: "connectFullMesh failed ... Connection refused", or a hang).
         train += ["--master-addr", "127.0.0.1", "--master-port", port]
-        script = [str(EXAMPLE), "--steps", str(a.steps), "--quiet", "--trace", str(trace),
+        script = [str(EXAMPLE), "--steps", str(steps), "--quiet", "--trace", str(trace),
                   "--save", str(out), *a.model.split()]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for var in list(env):
@@ -113,7 +123,8 @@ class Job:
             if specs:
                 env["JITC_INJECT"] = ";".join(specs)
         # Bounded: a fault-free run, plus a generous allowance per failure.
-        limit = a.run_timeout + 30 * len(specs)
+        base = a.run_timeout * steps / a.steps if a.run_timeout else 300   # 300: calibration
+        limit = base + 30 * len(specs)
         t0 = time.time()
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
@@ -193,21 +204,24 @@ def weights_equal(a: str | None, b: str | None) -> bool | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="short trace, one overhead pair (~6 min)")
+    p.add_argument("--quick", action="store_true", help="short trace, small model (~5 min)")
     p.add_argument("--steps", type=int)
     p.add_argument("--mtbf-steps", type=float)
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--pairs", type=int)
+    p.add_argument("--pairs", type=int, default=1, help="paired fault-free runs (overhead)")
+    p.add_argument("--overhead-steps", type=int,
+                   help="length of the paired fault-free runs (default: the trace's, quick; 100)")
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--model", default="--dim 256 --layers 4 --heads 4 --batch-size 2 --context 16",
-                   help="ddp_train.py model flags (state ~38 MB/replica: a measurable save)")
-    p.add_argument("--run-timeout", type=int, default=240, help="seconds per fault-free run")
+    p.add_argument("--model", help="ddp_train.py model flags (defaults: see DEFAULT_MODEL)")
+    p.add_argument("--run-timeout", type=float,
+                   help="seconds per fault-free run (default: 4x the calibrated run + 60)")
     p.add_argument("--no-scratch", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "compare.json"))
     a = p.parse_args()
-    a.steps = a.steps or (80 if a.quick else 300)
-    a.mtbf_steps = a.mtbf_steps or (30.0 if a.quick else 100.0)
-    a.pairs = a.pairs or (1 if a.quick else 3)
+    a.steps = a.steps or (80 if a.quick else 500)
+    a.mtbf_steps = a.mtbf_steps or (30.0 if a.quick else 200.0)
+    a.model = a.model or DEFAULT_MODEL["quick" if a.quick else "default"]
+    a.overhead_steps = min(a.overhead_steps or (a.steps if a.quick else 100), a.steps)
     failures = cm.failure_trace(a.steps, a.mtbf_steps, a.seed, a.nproc)
     if not failures:
         sys.exit("compare: the trace has no failure; raise --steps or lower --mtbf-steps")
@@ -218,31 +232,42 @@ def main() -> None:
         job = Job(a, Path(tmp))
         # 1. Calibrate C (blocking torch.save) and the step time: N* follows from them.
         print("calibration", flush=True)
-        cal = job.run("calibrate", kind="torch", every=5)
+        cal_steps = min(a.steps, 30)
+        cal = job.run("calibrate", kind="torch", every=5, steps=cal_steps)
         if cal["returncode"] != 0:
             sys.exit(f"compare: calibration run failed: {cal.get('error')}\n{cal.get('log_tail')}")
         c_s = statistics.median(e["blocking_s"] for e in cal["trace"] if e["event"] == "ckpt_saved")
         t_cal = steady_step_s(cal)   # includes its saves; only for choosing N
+        if a.run_timeout is None:
+            a.run_timeout = 4 * cal["wall_s"] * a.steps / cal_steps + 60
         mtbf_s = a.mtbf_steps * t_cal
         n_star = cm.young_daly_steps(c_s, mtbf_s, t_cal)
         n_half, n_double = max(1, n_star // 2), 2 * n_star
         print(f"  C = {c_s:.3f} s, step = {t_cal:.3f} s, MTBF = {mtbf_s:.1f} s -> N* = {n_star}", flush=True)
-        # 2. Paired fault-free runs: steady-state overhead and the clean reference wall.
+        # 2. Paired fault-free runs (order alternated): steady-state overhead. The clean
+        # reference wall for lost time is a fault-free unprotected run of the trace's length.
         protected = [("jit", "jit", None), (f"jit+periodic-{n_star}", "jit+periodic", n_star),
                      (f"torch-{n_star}", "torch", n_star), (f"dcp-{n_star}", "dcp", n_star)]
         clean: dict[str, list[dict]] = {"unprotected": []}
         for i in range(a.pairs):
-            print(f"fault-free pair {i}", flush=True)
+            print(f"fault-free pair {i} ({a.overhead_steps} steps)", flush=True)
             order = [("unprotected", "unprotected", None), *protected]
             if i % 2:
                 order.reverse()
             for name, kind, every in order:
-                clean.setdefault(name, []).append(job.run(f"clean-{name}", kind=kind, every=every))
+                clean.setdefault(name, []).append(
+                    job.run(f"clean-{name}", kind=kind, every=every, steps=a.overhead_steps))
         ok_plain = [r for r in clean["unprotected"] if steady_step_s(r)]
-        if not ok_plain:
+        if a.overhead_steps < a.steps:
+            print("fault-free reference", flush=True)
+            ref_run = job.run("clean-reference", kind="unprotected")
+            full = [ref_run] if steady_step_s(ref_run) else []
+        else:
+            full = ok_plain
+        if not ok_plain or not full:
             sys.exit("compare: the unprotected fault-free run failed")
-        clean_wall = statistics.median(r["wall_s"] for r in ok_plain)
-        step_s = statistics.median(steady_step_s(r) for r in ok_plain)
+        clean_wall = statistics.median(r["wall_s"] for r in full)
+        step_s = statistics.median(steady_step_s(r) for r in full)
         overhead = {}
         for name, runs in clean.items():
             ratios = [steady_step_s(r) / steady_step_s(u) for r, u in zip(runs, clean["unprotected"])
@@ -288,7 +313,8 @@ def main() -> None:
                   "model_flags": a.model, "seed": a.seed, "mtbf_steps": a.mtbf_steps,
                   "trace": [f.spec() for f in failures], "ckpt_cost_s": c_s, "step_s": step_s,
                   "mtbf_s": a.mtbf_steps * step_s, "n_star": n_star, "clean_wall_s": clean_wall,
-                  "overhead_pairs": a.pairs, "overhead_ratio": overhead,
+                  "overhead_pairs": a.pairs, "overhead_steps": a.overhead_steps,
+                  "overhead_ratio": overhead,
                   "clean_runs": {k: [{"wall_s": r["wall_s"], "returncode": r["returncode"],
                                       "step_s": steady_step_s(r), "error": r.get("error")} for r in rs]
                                  for k, rs in clean.items()},
@@ -376,7 +402,8 @@ def markdown(res) -> str:
             f"{len(res['trace'])} crashes at steps {[int(s.split('step=')[1].split(',')[0]) for s in res['trace']]}. "
             f"Measured: step {res['step_s'] * 1e3:.0f} ms, torch.save C = {res['ckpt_cost_s']:.3f} s, "
             f"Young/Daly N* = {res['n_star']} steps; fault-free unprotected wall {res['clean_wall_s']:.1f} s. "
-            f"Overhead: median over {res['overhead_pairs']} paired fault-free run(s) of steady step time / unprotected.")
+            f"Overhead: median over {res['overhead_pairs']} paired fault-free run(s) of "
+            f"{res.get('overhead_steps', res['steps'])} steps, steady step time / unprotected.")
     verdict = [
         f"- All variants reach step {res['steps']}: {'yes' if t['all_reached_final_step'] else 'NO: ' + ', '.join(t['failed_variants'])}.",
         f"- JIT final weights bitwise equal to the fault-free run: {t['jit_weights_bitwise_equal_fault_free']}.",
