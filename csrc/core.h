@@ -43,8 +43,14 @@ void add_poller(Poller p);
 
 // Faults armed by jitc_fault_arm(); an interposer takes (consumes) its kind when it fires.
 enum class Fault { None = 0, CudaError = 1, NcclError = 2, NcclHang = 3 };
+constexpr uint32_t fault_bit(Fault f) { return 1u << static_cast<int>(f); }
+// Is any fault of `bits` (fault_bit()s or'ed) armed? Does not take it: one relaxed load, so
+// a hot path can test all its kinds at once and handle them out of line.
+inline bool any_armed(uint32_t bits) {
+  return (hot::armed_faults.load(std::memory_order_relaxed) & bits) != 0;
+}
 inline bool take_fault(Fault f) {
-  uint32_t bit = 1u << static_cast<int>(f);
+  uint32_t bit = fault_bit(f);
   // Hot path of every active interposed call: a plain load first, so the common case
   // (nothing armed) costs no locked read-modify-write.
   if ((hot::armed_faults.load(std::memory_order_relaxed) & bit) == 0) return false;

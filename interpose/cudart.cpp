@@ -54,6 +54,9 @@ namespace real_cudart {
   ret name params {                                                              \
     auto fn = reinterpret_cast<ret(*) params>(real(g_lib, k_##name));            \
     return fn ? fn args : not_loaded<ret>();                                     \
+  }                                                                              \
+  ret (*name##_fn()) params {                                                    \
+    return reinterpret_cast<ret(*) params>(real(g_lib, k_##name));               \
   }
 #define JITC_CUDA JITC_SKIP
 #define JITC_NCCL JITC_SKIP

@@ -33,18 +33,16 @@ const char* const kNames[] = {
 std::atomic<void*> g_slots[kNcclCount];
 Library g_lib{"libnccl.so", kNames, g_slots, kNcclCount};
 
-// After the real collective: a failure is reported; a success is watched for completion.
-ncclResult_t after_collective(ncclResult_t r, const char* name, ncclComm_t comm,
-                              cudaStream_t stream, bool hang) {
-  if (r != ncclSuccess && r != ncclInProgress) {
+// After the real collective, with the wrapper's Guard still held: a failure is reported; a
+// success is watched for completion. never_complete: an injected nccl-hang.
+inline void after_collective(ncclResult_t r, const char* name, ncclComm_t comm,
+                             cudaStream_t stream, bool never_complete) {
+  if (r != ncclSuccess && r != ncclInProgress)
     check(Api::Nccl, "nccl-error", r, name);
-    return r;
-  }
-  if (watch::in_group())
-    watch::group_defer(comm, name, stream, hang);
+  else if (never_complete)
+    watch::issued(comm, name, stream, true);
   else
-    watch::issued(comm, name, stream, hang);
-  return r;
+    watch::issued(comm, name, stream);
 }
 
 // An armed nccl-error fires: the collective fails as NCCL fails when a kernel or a peer
@@ -55,6 +53,10 @@ bool injected_error(ncclComm_t comm, const char* name) {
   check(Api::Nccl, "nccl-error", ncclUnhandledCudaError, name, true);
   return true;
 }
+
+// The faults a collective fires: the wrappers' fast path tests them all with one load.
+constexpr uint32_t kNcclFaults =
+    jitc::fault_bit(jitc::Fault::NcclError) | jitc::fault_bit(jitc::Fault::NcclHang);
 
 }  // namespace
 
@@ -77,17 +79,41 @@ namespace real_nccl {
 using namespace jitc::interpose;
 
 // ---- generated wrappers ---------------------------------------------------------------
+// A collective wrapper is two functions. name##_full is the whole wrapper; the exported
+// function is its fast path for the two calls that matter, an observed collective with no
+// fault armed and a call in an inert process (passed straight through). Anything else
+// (the real function not resolved yet, the activation attempt, a nested call, an armed
+// fault) is a tail call to name##_full with the same arguments, so the exported function
+// saves no argument across a call before the real one and its frame stays small: it runs
+// on every collective.
 // An injected nccl-hang still issues the real collective (the peers are not disturbed);
 // only this rank's watchdog is told it never completes.
 #define JITC_NCCL_COLL(ret, name, params, args)                                   \
-  JITC_EXPORT ret name params {                                                  \
+  namespace {                                                                    \
+  __attribute__((noinline, cold)) ret name##_full params {                       \
     auto fn = reinterpret_cast<ret(*) params>(real(g_lib, k_##name));            \
     if (fn == nullptr) return not_loaded<ret>();                                 \
     if (!observing()) return fn args;                                            \
     Guard guard;                                                                 \
     if (injected_error(comm, #name)) return ncclUnhandledCudaError;              \
     bool hang = jitc::take_fault(jitc::Fault::NcclHang);                         \
-    return after_collective(fn args, #name, comm, stream, hang);                 \
+    ret r = fn args;                                                             \
+    after_collective(r, #name, comm, stream, hang);                              \
+    return r;                                                                    \
+  }                                                                              \
+  }                                                                              \
+  JITC_EXPORT ret name params {                                                  \
+    auto fn = reinterpret_cast<ret(*) params>(                                   \
+        g_slots[k_##name].load(std::memory_order_acquire));                      \
+    if (__builtin_expect(fn == nullptr, 0)) return name##_full args;             \
+    if (__builtin_expect(!jitc::active(), 0))                                    \
+      return activation_tried() ? fn args : name##_full args;                    \
+    if (__builtin_expect(t_inside != 0 || jitc::any_armed(kNcclFaults), 0))      \
+      return name##_full args;                                                   \
+    Guard guard;                                                                 \
+    ret r = fn args;                                                             \
+    after_collective(r, #name, comm, stream, false);                             \
+    return r;                                                                    \
   }
 
 #define JITC_NCCL_GROUP(ret, name, params, args)                                  \

@@ -4,8 +4,9 @@
 // events created with cudaEventDisableTiming) on its stream and remember the operation in a
 // fixed ring. The core's agent thread calls poll() every tick: it asks each outstanding
 // event with cudaEventQuery only (never a blocking call, invariant I5) and each known
-// communicator with ncclCommGetAsyncError. An operation older than the hang timeout is a
-// hang and is reported as nccl-hang, naming the operation.
+// communicator with ncclCommGetAsyncError. An operation still not complete a hang timeout
+// after the first tick that saw it is a hang and is reported as nccl-hang, naming the
+// operation.
 #pragma once
 
 #include <cstdint>
@@ -18,19 +19,17 @@ namespace jitc::interpose::watch {
 // tracked (the oldest ones, which would reveal a hang, stay).
 constexpr int kRing = 256;
 
-// An operation was issued on `stream`. never_complete: an injected nccl-hang; the op is
-// tracked without an event and never counts as complete.
-void issued(ncclComm_t comm, const char* op, cudaStream_t stream, bool never_complete);
-
+// An operation was issued on `stream` and its call succeeded. never_complete: an injected
+// nccl-hang; the op is tracked without an event and never counts as complete.
 // Group calls: inside ncclGroupStart/End, operations are only launched by the outermost
 // ncclGroupEnd, so an event recorded earlier would complete too soon. They are queued on
 // the calling thread and issued by group_end(). Up to 32 per group are watched.
+void issued(ncclComm_t comm, const char* op, cudaStream_t stream, bool never_complete);
+// The same with never_complete false: the form every collective calls, kept lean.
+void issued(ncclComm_t comm, const char* op, cudaStream_t stream);
+
 void group_start();
-void group_defer(ncclComm_t comm, const char* op, cudaStream_t stream, bool never_complete);
 void group_end(bool launched);
-// Group nesting depth of the calling thread (inline: read on every collective).
-extern __thread int t_group_depth __attribute__((tls_model("initial-exec")));
-inline bool in_group() { return t_group_depth > 0; }
 
 // An injected nccl-error: ncclCommGetAsyncError on comm reports err from now on.
 void poison(ncclComm_t comm, ncclResult_t err);

@@ -16,6 +16,7 @@
 namespace jitc::interpose {
 
 __thread int t_inside __attribute__((tls_model("initial-exec"))) = 0;
+std::atomic<bool> g_activation_tried{false};
 
 namespace {
 
@@ -75,9 +76,8 @@ void* resolve_slow(Library& lib, size_t index) {
 bool observing_slow() {
   // auto_activate() reads the environment and may connect to the supervisor: do it once,
   // on the first interposed call, never again in an inert process.
-  static std::atomic<bool> tried{false};
-  if (tried.load(std::memory_order_relaxed)) return false;
-  if (tried.exchange(true)) return false;
+  if (g_activation_tried.load(std::memory_order_relaxed)) return false;
+  if (g_activation_tried.exchange(true)) return false;
   return jitc::auto_activate() && t_inside == 0;
 }
 

@@ -52,11 +52,15 @@ struct Guard {
 
 // Slow path of observing(): one auto-activation attempt per process (docs/internals.md).
 bool observing_slow();
+// Set once that attempt was made (by observing_slow): not active() after it, the process
+// is inert (invariant I4) for good.
+extern std::atomic<bool> g_activation_tried;
+inline bool activation_tried() { return g_activation_tried.load(std::memory_order_relaxed); }
 
 // Should this call be observed (classified, watched, fault-injected)? Inert processes
 // (invariant I4) pay one relaxed load and, after the first call, one more.
 inline bool observing() {
-  if (!jitc::active()) return observing_slow();
+  if (!jitc::active()) return !activation_tried() && observing_slow();
   return t_inside == 0;
 }
 

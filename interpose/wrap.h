@@ -32,9 +32,11 @@ int cuda_pre_call(bool* injected);
 void* driver_substitute(const char* symbol, void* fn, unsigned long long flags, int version);
 
 // Real functions, for the shim's own use (callers hold a Guard). Declared from the table;
-// each returns not_loaded<ret>() when its library is absent.
+// each returns not_loaded<ret>() when its library is absent. name##_fn() is the resolved
+// pointer itself (null while libcudart is not loaded), for a caller on a hot path that
+// caches it and calls it directly, without the not-loaded check on every call.
 namespace real_cudart {
-#define JITC_CUDART(policy, ret, name, params, args) ret name params;
+#define JITC_CUDART(policy, ret, name, params, args) ret name params; ret (*name##_fn()) params;
 #define JITC_CUDA(policy, ret, name, params, args)
 #define JITC_NCCL(policy, ret, name, params, args)
 #include "symbols.def"
