@@ -69,15 +69,18 @@ def jit_waste_per_failure(step_s: float, snapshot_s: float, restart_s: float,
 
 @dataclass
 class LostSplit:
-    """Measured lost time per failure. ``other`` is the rest of the measured total
-    (wall minus the fault-free unprotected wall, per failure) that no phase accounts for:
-    slower steps, noise, the extra process start; it may be negative."""
+    """Lost time per failure. ``total`` is the sum of the phases timed from the logs
+    (detection, checkpoint, restart, replay); ``wall`` is the run's wall minus the fault-free
+    unprotected wall, per failure, and ``other`` = wall - total: what no phase accounts for
+    (slower steps after a restart, a periodic save's background cost, and run-to-run noise,
+    which on a shared 2-core machine is several seconds a run: it may be negative)."""
     detect: float
     checkpoint: float
     restart: float
     replay: float
     other: float
     total: float
+    wall: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +94,8 @@ def split_lost(wall_s: float, clean_wall_s: float, failures: int, *, detect: lis
     over the failures; JIT: the snapshots); replay = replayed steps x step time."""
     if failures <= 0:
         raise ValueError("no failures to split over")
-    total = (wall_s - clean_wall_s) / failures
+    wall = (wall_s - clean_wall_s) / failures
     parts = {"detect": sum(detect) / failures, "checkpoint": checkpoint_s / failures,
              "restart": sum(restart) / failures, "replay": replayed_steps * step_s / failures}
-    return LostSplit(**parts, other=total - sum(parts.values()), total=total)
+    total = sum(parts.values())
+    return LostSplit(**parts, other=wall - total, total=total, wall=wall)

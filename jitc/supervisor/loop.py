@@ -211,7 +211,7 @@ class Supervisor:
 
     def _prepare_standby(self) -> None:
         """Start the next attempt's launcher warming up beside the job just started (its
-        warm-up thread runs at the lowest priority), if a restart is left."""
+        warm-up thread runs at a low priority), if a restart is left."""
         if (self.standby is None and self.standby_plan is not None
                 and self.policy.allows_restart(self.attempt)):
             try:

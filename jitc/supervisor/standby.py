@@ -4,7 +4,7 @@ imports done, waiting for the word to run.
 Why: jitc restarts the whole command, and torchrun's launcher spends about 2 s importing
 torch before it starts a single worker: on the critical path of every recovery, and a
 cost torchrun's own ``--max-restarts`` does not pay (it keeps its launcher and restarts
-only the workers). A standby imports during training, in a lowest-priority thread, and at
+only the workers). A standby imports during training, in a low-priority thread, and at
 the restart receives the attempt's environment and argv and runs the command's entry point
 at once (``standby_prog.py``).
 

@@ -49,6 +49,12 @@ def user_code(name: str) -> bool:
 
 
 MAIN_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+# The warm-up's niceness. The import costs the same CPU whatever its priority; the priority
+# decides when it gets it. 19 starves it while the ranks keep every core busy (a CPU-bound
+# 2-core run: still cold at the first failure minutes later); 10 (about a tenth of a busy
+# core) finishes within tens of seconds of training, yet barely slows a job's start-up, when
+# the ranks' own imports compete for the cores. On GPU nodes the cores are mostly idle.
+WARM_NICE = 10
 warm_tid = None
 
 
@@ -56,7 +62,7 @@ def warm(modules: list[str]) -> None:
     global warm_tid
     warm_tid = threading.get_native_id()
     try:   # per thread on Linux: the main thread keeps its priority for the real run
-        os.setpriority(os.PRIO_PROCESS, warm_tid, 19)
+        os.setpriority(os.PRIO_PROCESS, warm_tid, WARM_NICE)
     except OSError:
         pass
     for name in modules:
