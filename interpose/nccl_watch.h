@@ -21,13 +21,13 @@ constexpr int kRing = 256;
 
 // An operation was issued on `stream` and its call succeeded. never_complete: an injected
 // nccl-hang; the op is tracked without an event and never counts as complete.
-// Group calls: inside ncclGroupStart/End, operations are only launched by the outermost
-// ncclGroupEnd, so an event recorded earlier would complete too soon. They are queued on
-// the calling thread and issued by group_end(). Up to 32 per group are watched.
 void issued(ncclComm_t comm, const char* op, cudaStream_t stream, bool never_complete);
 // The same with never_complete false: the form every collective calls, kept lean.
 void issued(ncclComm_t comm, const char* op, cudaStream_t stream);
 
+// Group calls: inside ncclGroupStart/End, operations are only launched by the outermost
+// ncclGroupEnd, so an event recorded earlier would complete too soon. issued() queues them
+// on the calling thread and group_end() issues them. Up to 32 per group are watched.
 void group_start();
 void group_end(bool launched);
 

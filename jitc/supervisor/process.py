@@ -73,7 +73,6 @@ class Job:
         self.pid = self.popen.pid
         self.pgid = self.pid     # start_new_session: the child leads its own group
         self.pidfd = os.pidfd_open(self.pid)
-        self._spare: int | None = None
 
     @property
     def returncode(self) -> int | None:
@@ -88,27 +87,26 @@ class Job:
         """SIGTERM the process group and every descendant but ``spare`` (a standby's pid),
         wait ``grace_s``, SIGKILL what is left, wait ``kill_wait_s``. Reaps what it can."""
         t0 = time.monotonic()
-        self._spare = spare
-        first = self._descendants()
+        first = _descendants(spare)
         _signal_all(self.pgid, first, signal.SIGTERM)
         deadline = t0 + grace_s
-        alive = self._wait(deadline)
+        alive = self._wait(deadline, spare)
         terminated = len(first) - len(alive)
         killed = 0
         if alive:
             # Processes may have forked during the grace period: walk again.
             killed = len(alive)
             _signal_all(self.pgid, alive, signal.SIGKILL)
-            alive = self._wait(time.monotonic() + kill_wait_s)
+            alive = self._wait(time.monotonic() + kill_wait_s, spare)
         self.close()
         return StopReport(time.monotonic() - t0, max(terminated, 0), killed,
                           [p.pid for p in alive])
 
-    def _wait(self, deadline: float) -> list[psutil.Process]:
+    def _wait(self, deadline: float, spare: int | None) -> list[psutil.Process]:
         """Wait until every descendant exited or the deadline passed; the survivors."""
         while True:
             self.popen.poll()          # reaps the direct child through Popen (keeps its code)
-            procs = [p for p in self._descendants() if p.pid != self.pid]
+            procs = [p for p in _descendants(spare) if p.pid != self.pid]
             gone, alive = psutil.wait_procs(procs, timeout=0)
             if self.popen.returncode is None:
                 alive.append(psutil.Process(self.pid))
@@ -116,9 +114,6 @@ class Job:
             if not alive or time.monotonic() >= deadline:
                 return alive
             time.sleep(0.02)
-
-    def _descendants(self) -> list[psutil.Process]:
-        return [p for p in _descendants() if p.pid != self._spare]
 
 
 def reap_orphans(job_pid: int | None) -> None:
@@ -132,9 +127,9 @@ def reap_orphans(job_pid: int | None) -> None:
                 pass
 
 
-def _descendants() -> list[psutil.Process]:
+def _descendants(spare: int | None = None) -> list[psutil.Process]:
     try:
-        return psutil.Process().children(recursive=True)
+        return [p for p in psutil.Process().children(recursive=True) if p.pid != spare]
     except psutil.Error:
         return []
 

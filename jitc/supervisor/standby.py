@@ -24,6 +24,7 @@ import os
 import re
 import fcntl
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +169,7 @@ class Standby:
         self._close()
         if self.popen.poll() is None:
             try:
-                os.killpg(self.pid, 9)
+                os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             try:

@@ -8,20 +8,18 @@ still running beside it), then blocks reading one JSON line from FD: ``{"argv": 
 a script path (MODE ``script``) or a module name (MODE ``module``, as ``python -m``).
 EOF without a line (the supervisor discarded it or died) exits 0 having run nothing.
 
-Stdlib only, and nothing imported before ``sys.path[0]`` is what ``python TARGET`` would
-have made it: this file's directory must not shadow the job's modules.
+Stdlib only, and nothing imported from the path before ``sys.path[0]`` is what
+``python TARGET`` would have made it: this file's directory must not shadow the job's
+modules (``sys`` and ``os`` are loaded by the interpreter's start-up, before any search).
 """
+import os
 import sys
 
 FD, MODE, TARGET, WARM = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-if MODE == "script":
-    sys.path[0] = __import__("os").path.dirname(__import__("os").path.realpath(TARGET))
-else:
-    sys.path[0] = __import__("os").getcwd()
+sys.path[0] = os.path.dirname(os.path.realpath(TARGET)) if MODE == "script" else os.getcwd()
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import runpy  # noqa: E402
 import threading  # noqa: E402
 
