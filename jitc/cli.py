@@ -49,6 +49,9 @@ def inspect_cmd(path: Path) -> int:
                    "Default: a multiple of the observed step time, with a floor.")
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL when stopping the job.")
+@click.option("--restart-grace", type=float, default=0.1, show_default=True,
+              help="The same when the job is stopped for a restart after its snapshot was "
+                   "published: nothing of it is needed any more, and the restart waits.")
 @click.option("--snapshot-timeout", type=float, default=120.0, show_default=True,
               help="Seconds to wait for the just-in-time snapshot.")
 @click.option("--no-standby", "no_standby", is_flag=True,
@@ -59,8 +62,8 @@ def inspect_cmd(path: Path) -> int:
 @click.option("--lib", type=click.Path(path_type=Path), default=None,
               help="libjitc.so to preload (default: the installed one; JITC_LIB overrides).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, snapshot_timeout, no_standby,
-                  injects, lib, command) -> int:
+def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, snapshot_timeout,
+                  no_standby, injects, lib, command) -> int:
     """Run COMMAND (e.g. torchrun ...) under the jitc supervisor:
 
     jitc supervise [OPTIONS] -- COMMAND...
@@ -85,7 +88,7 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, snapshot_timeout, 
         run_dir.parent.mkdir(parents=True, exist_ok=True)
     opts = Options(command=tuple(command), run_dir=run_dir, lib=lib.resolve(), injects=specs,
                    max_restarts=max_restarts, hang_timeout_s=resolve_hang_timeout(hang_timeout),
-                   grace_s=grace, snapshot_timeout_s=snapshot_timeout, standby=not no_standby)
+                   grace_s=grace, restart_grace_s=restart_grace, snapshot_timeout_s=snapshot_timeout, standby=not no_standby)
     result = Supervisor(opts).run()
     return int(result.exit_code)
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from . import env, excepthook, rng
+from . import env, excepthook, rng, warmset
 from . import faults as faults_mod
 from . import state as st
 from ._shim import check, ffi_lib
@@ -214,6 +214,8 @@ class Session:
         self.step = step
         self._in_backward = False
         rng.reseed(self.seed, self.rank, step)
+        if step == self.start_step + 1:
+            warmset.record(self.local_rank)   # after one whole step: its lazy imports done
         if self.periodic_every and step > self.start_step and step % self.periodic_every == 0:
             self._start_periodic(step)
         self._fire("forward")

@@ -241,7 +241,9 @@ class Supervisor:
                 extra["detail"] = f"job exited 0 while ranks {waiting} were still running"
             self._record(Failure(rank=None, kind="exit", ts=now, extra=extra), now)
 
-    def _stop_job(self, now: float, roots: list[Failure]) -> None:
+    def _stop_job(self, now: float, roots: list[Failure], published: bool = False) -> None:
+        """Stop the job; ``published``: its snapshot is on disk, nothing of it is needed
+        and the restart waits on the stop (torchrun alone takes ~0.5 s over a SIGTERM)."""
         if self.job is None:
             return
         for conn in list(self.rank_conn.values()):
@@ -251,7 +253,8 @@ class Supervisor:
                 self.sel.unregister(self.job.pidfd)
             except (KeyError, ValueError):
                 pass
-        report = self.job.stop(self.opts.grace_s, self.opts.kill_wait_s,
+        grace = min(self.opts.grace_s, self.opts.restart_grace_s) if published else self.opts.grace_s
+        report = self.job.stop(grace, self.opts.kill_wait_s,
                                spare=self.standby.pid if self.standby else None)
         for key in list(self.sel.get_map().values()):
             if isinstance(key.data, Connection):
@@ -430,7 +433,7 @@ class Supervisor:
         roots = self.roots
         root_ranks = [f.rank for f in roots]
         self.root_history.append(root_ranks[0] if root_ranks else None)
-        self._stop_job(now, roots)
+        self._stop_job(now, roots, published=outcome.protected and outcome.manifest is not None)
         # The limit decides first: with no restart left, whether a resume point exists
         # does not matter (a published snapshot stays on disk for a manual restart).
         if not self.policy.allows_restart(self.attempt):

@@ -14,6 +14,9 @@ Python interpreter (``torchrun`` and other console scripts), ``python -m MODULE 
 script's top-level imports (for ``-m``, the module's parent packages), never the job's
 own modules nor jitc, which could read the attempt's environment at import time.
 
+For torchrun the standby also forks torchrun's workers from itself at the restart, warm
+(``standby_workers.py``; docs/internals.md, "Warm workers").
+
 The standby is a child of the supervisor in its own session, like the job, with the same
 death signal; ``Job.stop`` must be told to spare it.
 """
@@ -47,6 +50,7 @@ class Plan:
     target: str                    # script path or module name
     argv: tuple[str, ...]          # sys.argv for the real run
     warm: tuple[str, ...]          # modules to import ahead
+    workers: str = "-"             # "torchrun": fork its workers warm (standby_workers.py)
 
 
 def plan(command: tuple[str, ...], environ: dict[str, str]) -> Plan | None:
@@ -64,7 +68,9 @@ def plan(command: tuple[str, ...], environ: dict[str, str]) -> Plan | None:
     if interp is None:
         return None
     # sys.argv[0] as the kernel's exec of the script would give it: the path it found.
-    return Plan(interp, "script", exe, (exe, *command[1:]), _script_imports(exe))
+    warm = _script_imports(exe)
+    workers = "torchrun" if "torch.distributed.run" in warm else "-"
+    return Plan(interp, "script", exe, (exe, *command[1:]), warm, workers)
 
 
 def _python_command(exe: str, command: tuple[str, ...]) -> Plan | None:
@@ -133,7 +139,7 @@ class Standby:
         read_fd, self._write_fd = os.pipe()
         try:
             self.popen = subprocess.Popen(
-                [*p.interpreter, str(PROG), str(read_fd), p.mode, p.target, *p.warm],
+                [*p.interpreter, str(PROG), str(read_fd), p.mode, p.target, p.workers, *p.warm],
                 env=self.environ, start_new_session=True, preexec_fn=preexec_fn,
                 pass_fds=(read_fd,))
         except BaseException:

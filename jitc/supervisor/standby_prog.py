@@ -1,12 +1,14 @@
 """The standby launcher's program: run by the job's own Python interpreter, not imported.
 
-    PYTHON standby_prog.py FD MODE TARGET [MODULE...]
+    PYTHON standby_prog.py FD MODE TARGET WORKERS [MODULE...]
 
 Imports MODULEs in a low-priority thread (the training job of the current attempt is
 still running beside it), then blocks reading one JSON line from FD: ``{"argv": [...],
 "env": {...}}``. It takes that environment and argv and runs TARGET as ``__main__``:
 a script path (MODE ``script``) or a module name (MODE ``module``, as ``python -m``).
 EOF without a line (the supervisor discarded it or died) exits 0 having run nothing.
+WORKERS is ``torchrun`` when TARGET is torchrun: its workers are then forked from this
+warm process instead of started cold (standby_workers.py); else ``-``.
 
 Stdlib only, and nothing imported from the path before ``sys.path[0]`` is what
 ``python TARGET`` would have made it: this file's directory must not shadow the job's
@@ -15,7 +17,8 @@ modules (``sys`` and ``os`` are loaded by the interpreter's start-up, before any
 import os
 import sys
 
-FD, MODE, TARGET, WARM = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+FD, MODE, TARGET, WORKERS, WARM = (int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4],
+                                   sys.argv[5:])
 sys.path[0] = os.path.dirname(os.path.realpath(TARGET)) if MODE == "script" else os.getcwd()
 
 import importlib.util  # noqa: E402
@@ -26,6 +29,12 @@ import threading  # noqa: E402
 # Modules that must not be imported ahead of the attempt: they may read the attempt's
 # environment at import time.
 NEVER_WARM = ("jitc",)
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOIN_WARM_S = 60.0     # the go waits this long for the warm-up before forking workers
+# What the workers of an earlier attempt had imported (jitc/warmset.py writes it).
+WORKER_MODULES = os.path.join(os.environ.get("JITC_RUN_DIR", ""), "warm-modules.json")
+POLL_S = 1.0
+go_seen = threading.Event()
 
 
 def user_code(name: str) -> bool:
@@ -70,15 +79,58 @@ def warm(modules: list[str]) -> None:
             importlib.import_module(name)
         except BaseException:   # the real run imports it again and reports the error
             pass
+    if WORKERS == "torchrun" and os.environ.get("JITC_RUN_DIR"):
+        warm_workers()
+
+
+def warm_workers() -> None:
+    """Import, for the workers that will be forked from this process, what an earlier
+    attempt's workers had imported by the end of their first step (waiting for the first
+    attempt to write it): only more of the packages already loaded (torch and its
+    dependencies) and the standard library. Any other package (the job's own, or one that
+    could read the worker's rank at import) stays for the worker to import."""
+    while not go_seen.is_set():
+        try:
+            with open(WORKER_MODULES) as f:
+                names = json.load(f)
+        except (OSError, ValueError):
+            go_seen.wait(POLL_S)
+            continue
+        loaded = {name.split(".")[0] for name in sys.modules}
+        for name in names if isinstance(names, list) else ():
+            top = str(name).split(".")[0]
+            if name in sys.modules or top in NEVER_WARM or go_seen.is_set():
+                continue
+            if top in loaded or top in sys.stdlib_module_names:
+                try:
+                    importlib.import_module(name)
+                except BaseException:
+                    pass
+        return
+
+
+def load(name: str):
+    """A sibling file of this one, loaded by path (its directory is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"_jitc_{name}", os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
-    threading.Thread(target=warm, args=(WARM,), name="jitc-standby-warm", daemon=True).start()
+    if WORKERS == "torchrun" and "OMP_NUM_THREADS" not in os.environ:
+        # What torchrun gives its workers when it starts more than one: imported under it,
+        # the forked workers match them (with one worker, they differ and start cold).
+        os.environ["OMP_NUM_THREADS"] = "1"
+    import_env = dict(os.environ)
+    warmer = threading.Thread(target=warm, args=(WARM,), name="jitc-standby-warm", daemon=True)
+    warmer.start()
     with os.fdopen(FD, "rb") as f:
         line = f.readline()
     if not line.endswith(b"\n"):
         sys.exit(0)
     go = json.loads(line)
+    go_seen.set()
     if warm_tid is not None:
         # The real run waits on a module the warm-up may still be importing: give it the
         # main thread's priority back (allowed for root or within RLIMIT_NICE).
@@ -86,6 +138,15 @@ def main() -> None:
             os.setpriority(os.PRIO_PROCESS, warm_tid, MAIN_NICE)
         except OSError:
             pass
+    if WORKERS == "torchrun":
+        warmer.join(JOIN_WARM_S)     # fork with one thread: no lock held by another
+        if not warmer.is_alive():
+            work = load("standby_workers").prefork(list(go["argv"]), import_env)
+            if work is not None:     # a forked copy, handed a worker: run it
+                sys.argv = list(work["argv"])
+                sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))
+                runpy.run_path(sys.argv[0], run_name="__main__")
+                return
     os.environ.clear()
     os.environ.update(go["env"])
     sys.argv = list(go["argv"])

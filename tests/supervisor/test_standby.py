@@ -141,3 +141,74 @@ def test_no_standby_outlives_the_supervisor(tmp_path):
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in seen if psutil.pid_exists(p)],
                                     timeout=3)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+WORKER = """import json, os, sys
+warm = "torch" in sys.modules    # forked from the warm launcher: torch came with it
+import numpy
+json.dump({"warm": warm, "argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(),
+           "name": __name__, "rank": os.environ["RANK"], "world": os.environ["WORLD_SIZE"],
+           "attempt": os.environ.get("JITC_ATTEMPT"), "leader": os.getsid(0) == os.getpid(),
+           "unbuffered": sys.stdout.write_through, "draw": int(numpy.random.randint(1 << 30))},
+          open(os.path.join(os.environ["OUT"], "rank%s.json" % os.environ["RANK"]), "w"))
+sys.exit(int(os.environ.get("CODE", "0")))
+"""
+
+
+def _torchrun_standby(tmp_path: Path, nproc: int, env_extra: dict[str, str]):
+    from jitc.supervisor.standby_workers import expected_workers
+    out = tmp_path / "out"
+    out.mkdir()
+    d = _job_dir(tmp_path)
+    worker = d / "worker.py"
+    worker.write_text(WORKER)
+    torchrun = Path(PY).parent / "torchrun"
+    command = (str(torchrun), "--standalone", "--nproc-per-node", str(nproc), str(worker),
+               "--flag", "v")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(OUT=str(out), JITC_ATTEMPT="0", **env_extra)
+    p = plan(command, env)
+    assert p is not None and p.workers == "torchrun"
+    assert expected_workers(list(p.argv)) == (nproc, str(worker))
+    return Standby(p, env, child_setup(os.getpid())), env, out, worker
+
+
+def _leftovers(out: Path) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("OUT") == str(out):
+                pids.append(proc.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
+def test_torchrun_workers_are_forked_warm(tmp_path):
+    standby, env, out, worker = _torchrun_standby(tmp_path, 2, {})
+    popen = standby.go(dict(env, JITC_ATTEMPT="1"))
+    assert popen is not None and popen.wait(timeout=60) == 0
+    got = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r, g in enumerate(got):
+        assert g["warm"], "the worker started cold"
+        assert g["argv"] == [str(worker), "--flag", "v"] and g["name"] == "__main__"
+        assert g["path0"] == str(worker.parent) and g["cwd"] == os.getcwd()
+        assert (g["rank"], g["world"], g["attempt"]) == (str(r), "2", "1")
+        assert g["leader"] and g["unbuffered"]
+    assert got[0]["draw"] != got[1]["draw"], "numpy's global generator was not reseeded"
+    deadline = time.monotonic() + 10
+    while _leftovers(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _leftovers(out)
+
+
+def test_torchrun_workers_start_cold_where_the_environment_differs(tmp_path):
+    # One worker: torchrun leaves OMP_NUM_THREADS unset, the copies imported under 1.
+    standby, env, out, _ = _torchrun_standby(tmp_path, 1, {"CODE": "3"})
+    popen = standby.go(dict(env, JITC_ATTEMPT="1"))
+    assert popen is not None and popen.wait(timeout=60) != 0     # the worker's exit 3
+    assert not json.loads((out / "rank0.json").read_text())["warm"]
+    deadline = time.monotonic() + 10
+    while _leftovers(out) and time.monotonic() < deadline:   # the unused copy exits too
+        time.sleep(0.1)
+    assert not _leftovers(out)
