@@ -24,11 +24,15 @@ sys.path[0] = os.path.dirname(os.path.realpath(TARGET)) if MODE == "script" else
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import runpy  # noqa: E402
+import sysconfig  # noqa: E402
 import threading  # noqa: E402
 
 # Modules that must not be imported ahead of the attempt: they may read the attempt's
 # environment at import time.
 NEVER_WARM = ("jitc",)
+# Where the standard library and installed packages live: never the job's own code.
+INSTALLED = {os.path.realpath(p) for key in ("stdlib", "platstdlib", "purelib", "platlib")
+             if (p := sysconfig.get_paths().get(key))}
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOIN_WARM_S = 60.0     # the go waits this long for the warm-up before forking workers
 # What the workers of an earlier attempt had imported (jitc/warmset.py writes it).
@@ -51,6 +55,8 @@ def user_code(name: str) -> bool:
     if not origin or origin in ("built-in", "frozen"):
         return spec is None
     path = os.path.realpath(origin)
+    if any(path.startswith(d + os.sep) for d in INSTALLED):
+        return False     # installed, even where the venv lies in the job's directory
     roots = {os.path.realpath(sys.path[0]), os.path.realpath(os.getcwd())}
     return any(path.startswith(r + os.sep) for r in roots if r != os.sep)
 
@@ -89,24 +95,26 @@ def warm_workers() -> None:
     attempt to write it): only more of the packages already loaded (torch and its
     dependencies) and the standard library. Any other package (the job's own, or one that
     could read the worker's rank at import) stays for the worker to import."""
-    while not go_seen.is_set():
+    while True:
         try:
             with open(WORKER_MODULES) as f:
                 names = json.load(f)
+            break
         except (OSError, ValueError):
+            if go_seen.is_set():
+                return     # no list by the restart: nothing to wait for any more
             go_seen.wait(POLL_S)
+    # Even after the go: imported once here, before the fork, not once in every worker.
+    loaded = {name.split(".")[0] for name in sys.modules}
+    for name in names if isinstance(names, list) else ():
+        top = str(name).split(".")[0]
+        if name in sys.modules or top in NEVER_WARM:
             continue
-        loaded = {name.split(".")[0] for name in sys.modules}
-        for name in names if isinstance(names, list) else ():
-            top = str(name).split(".")[0]
-            if name in sys.modules or top in NEVER_WARM or go_seen.is_set():
-                continue
-            if top in loaded or top in sys.stdlib_module_names:
-                try:
-                    importlib.import_module(name)
-                except BaseException:
-                    pass
-        return
+        if top in loaded or top in sys.stdlib_module_names:
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                pass
 
 
 def load(name: str):

@@ -145,8 +145,9 @@ def test_no_standby_outlives_the_supervisor(tmp_path):
 
 WORKER = """import json, os, sys
 warm = "torch" in sys.modules    # forked from the warm launcher: torch came with it
+learned = "torch._dynamo" in sys.modules    # from warm-modules.json
 import numpy
-json.dump({"warm": warm, "argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(),
+json.dump({"warm": warm, "learned": learned, "argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(),
            "name": __name__, "rank": os.environ["RANK"], "world": os.environ["WORLD_SIZE"],
            "attempt": os.environ.get("JITC_ATTEMPT"), "leader": os.getsid(0) == os.getpid(),
            "unbuffered": sys.stdout.write_through, "draw": int(numpy.random.randint(1 << 30))},
@@ -184,13 +185,21 @@ def _leftovers(out: Path) -> list[int]:
     return pids
 
 
-def test_torchrun_workers_are_forked_warm(tmp_path):
-    standby, env, out, worker = _torchrun_standby(tmp_path, 2, {})
+def test_torchrun_workers_are_forked_warm(tmp_path, monkeypatch):
+    # From the repository, where the venv lies under the working directory: installed
+    # packages are still not the job's own code.
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # What an earlier attempt's workers imported (jitc/warmset.py): torch's lazy parts yes,
+    # the job's own module no.
+    (run_dir / "warm-modules.json").write_text(json.dumps(["localmod", "torch._dynamo"]))
+    standby, env, out, worker = _torchrun_standby(tmp_path, 2, {"JITC_RUN_DIR": str(run_dir)})
     popen = standby.go(dict(env, JITC_ATTEMPT="1"))
     assert popen is not None and popen.wait(timeout=60) == 0
     got = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r, g in enumerate(got):
-        assert g["warm"], "the worker started cold"
+        assert g["warm"] and g["learned"], "the worker started cold"
         assert g["argv"] == [str(worker), "--flag", "v"] and g["name"] == "__main__"
         assert g["path0"] == str(worker.parent) and g["cwd"] == os.getcwd()
         assert (g["rank"], g["world"], g["attempt"]) == (str(r), "2", "1")

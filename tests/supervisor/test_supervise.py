@@ -173,6 +173,20 @@ def test_usage_errors_exit_2_and_start_nothing(tmp_path, args):
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
+def test_stop_after_a_published_snapshot_uses_the_restart_grace(supervise):
+    # A launcher that takes 30 s to answer SIGTERM: with the snapshot published nothing of
+    # the attempt is needed, so the restart waits --restart-grace, not --grace.
+    slow = {"FAKE_LAUNCHER_TERM_DELAY": "30"}
+    run = supervise("--grace", "20", "--restart-grace", "0.2", "--no-standby",
+                    "--inject", "crash@rank=1,step=5", job=fake_job(2, "--steps", "10"), env=slow)
+    assert run.rc == ExitCode.SUCCESS, run.stderr
+    assert run.named("snapshot_done")
+    stopped = run.named("job_stopped")[0]
+    assert stopped["killed"] and stopped["seconds"] < 5, stopped
+    bad = supervise("--restart-grace", "0", job=fake_job(1), env=slow)
+    assert bad.rc == ExitCode.USAGE and "restart_grace_s" in bad.stderr
+
+
 def test_missing_run_dir_parent_is_usage_error(tmp_path):
     argv = supervise_argv(tmp_path / "nope" / "run", "--", "true")
     proc = subprocess.run(argv, env=child_env(), capture_output=True, text=True, timeout=30)
