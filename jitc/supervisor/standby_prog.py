@@ -148,13 +148,15 @@ def main() -> None:
             pass
     if WORKERS == "torchrun":
         warmer.join(JOIN_WARM_S)     # fork with one thread: no lock held by another
+        workers = load("standby_workers")
         if not warmer.is_alive():
-            work = load("standby_workers").prefork(list(go["argv"]), import_env)
+            work = workers.prefork(list(go["argv"]), import_env)
             if work is not None:     # a forked copy, handed a worker: run it
                 sys.argv = list(work["argv"])
                 sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))
                 runpy.run_path(sys.argv[0], run_name="__main__")
                 return
+        workers.wait_for_store_port(list(go["argv"]))
     os.environ.clear()
     os.environ.update(go["env"])
     sys.argv = list(go["argv"])

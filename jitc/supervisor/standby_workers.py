@@ -23,8 +23,10 @@ import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 # Set by torchrun for each worker (LocalElasticAgent._start_workers) or by jitc for each
 # attempt; none is read by an import (CUDA_VISIBLE_DEVICES: at CUDA's initialisation).
@@ -33,21 +35,53 @@ PER_WORKER = frozenset({
     "WORLD_SIZE", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "TORCH_NCCL_ASYNC_ERROR_HANDLING", "CUDA_VISIBLE_DEVICES", "JITC_ATTEMPT", "JITC_RESUME"})
 PER_WORKER_PREFIX = "TORCHELASTIC_"
+PORT_WAIT_S = 10.0
+PORT_POLL_S = 0.02
+
+
+def parse(argv: list[str]):
+    """torchrun's own reading of ``argv`` (its parser), or None where it rejects it: the
+    real run reports a bad command line."""
+    try:
+        from torch.distributed import run as trun
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return trun.get_args_parser().parse_args(argv[1:])
+    except (ImportError, AttributeError, SystemExit):
+        return None
 
 
 def expected_workers(argv: list[str]) -> tuple[int, str | None]:
     """(local workers, training script) that torchrun's ``argv`` starts; (0, None) where it
     does not start ``python -u SCRIPT`` workers in a known number."""
-    try:
-        from torch.distributed import run as trun
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            args = trun.get_args_parser().parse_args(argv[1:])
-    except (ImportError, AttributeError, SystemExit):
-        return 0, None     # the real run reports a bad command line
-    if args.no_python or args.module or args.run_path:
+    args = parse(argv)
+    if args is None or args.no_python or args.module or args.run_path:
         return 0, None
     nproc = str(args.nproc_per_node)
     return (int(nproc), args.training_script) if nproc.isdigit() else (0, None)
+
+
+def wait_for_store_port(argv: list[str], limit_s: float = PORT_WAIT_S) -> bool:
+    """For static rendezvous on node 0, wait (bounded) until torchrun's store can listen on
+    --master-port: the previous attempt's launcher held it, and a restart that tries to bind
+    it a moment too early fails with EADDRINUSE (seen: the old listener lingered ~1 s after
+    the old torchrun had been reaped) and costs a whole attempt. False if it never freed."""
+    args = parse(argv)
+    if (args is None or args.standalone or args.rdzv_backend != "static" or args.node_rank != 0
+            or not str(args.master_port or "").isdigit()):
+        return True
+    deadline = time.monotonic() + limit_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the store does
+            try:
+                probe.bind(("", int(args.master_port)))
+                probe.listen(1)
+                return True
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(PORT_POLL_S)
 
 
 def prefork(argv: list[str], import_env: dict[str, str]) -> dict | None:

@@ -221,3 +221,22 @@ def test_torchrun_workers_start_cold_where_the_environment_differs(tmp_path):
     while _leftovers(out) and time.monotonic() < deadline:   # the unused copy exits too
         time.sleep(0.1)
     assert not _leftovers(out)
+
+
+def test_restart_waits_for_the_store_port_to_be_released():
+    import socket
+    import threading
+    from jitc.supervisor.standby_workers import wait_for_store_port
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("", 0))
+    held.listen(1)
+    port = held.getsockname()[1]
+    argv = ["torchrun", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(port), "train.py"]
+    assert not wait_for_store_port(argv, limit_s=0.3)        # bounded: gives up
+    threading.Timer(0.3, held.close).start()
+    t0 = time.monotonic()
+    assert wait_for_store_port(argv, limit_s=10)
+    assert 0.2 < time.monotonic() - t0 < 5
+    assert wait_for_store_port(["torchrun", "--standalone", "--nproc-per-node", "2", "t.py"])
