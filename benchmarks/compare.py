@@ -19,7 +19,7 @@ Lost time per failure = (wall - fault-free unprotected wall) / failures, split i
 detect / checkpoint / restart / replay / other (see compare_model.split_lost).
 
     python benchmarks/compare.py --quick       # ~5 min on 2 cores
-    python benchmarks/compare.py               # the default trace (~35 min)
+    python benchmarks/compare.py               # the default trace (~35-45 min on 2 cores)
 """
 from __future__ import annotations
 
