@@ -88,7 +88,8 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
         run_dir.parent.mkdir(parents=True, exist_ok=True)
     opts = Options(command=tuple(command), run_dir=run_dir, lib=lib.resolve(), injects=specs,
                    max_restarts=max_restarts, hang_timeout_s=resolve_hang_timeout(hang_timeout),
-                   grace_s=grace, restart_grace_s=restart_grace, snapshot_timeout_s=snapshot_timeout, standby=not no_standby)
+                   grace_s=grace, restart_grace_s=restart_grace,
+                   snapshot_timeout_s=snapshot_timeout, standby=not no_standby)
     result = Supervisor(opts).run()
     return int(result.exit_code)
 

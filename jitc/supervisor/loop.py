@@ -253,7 +253,9 @@ class Supervisor:
                 self.sel.unregister(self.job.pidfd)
             except (KeyError, ValueError):
                 pass
-        grace = min(self.opts.grace_s, self.opts.restart_grace_s) if published else self.opts.grace_s
+        grace = self.opts.grace_s
+        if published:
+            grace = min(grace, self.opts.restart_grace_s)
         report = self.job.stop(grace, self.opts.kill_wait_s,
                                spare=self.standby.pid if self.standby else None)
         for key in list(self.sel.get_map().values()):

@@ -47,7 +47,7 @@ class Options:
     max_restarts: int = 3                       # --max-restarts
     hang_timeout_s: float | None = None         # --hang-timeout > JITC_HANG_TIMEOUT > derived
     grace_s: float = 10.0                       # --grace: SIGTERM -> SIGKILL
-    restart_grace_s: float = 0.1                # --restart-grace: the same, once a snapshot is published
+    restart_grace_s: float = 0.1                # --restart-grace: the same, snapshot published
     settle_s: float = 0.3                       # collect reports after the first failure
     query_timeout_s: float = 2.0                # QUERY -> STATE
     snapshot_timeout_s: float = 120.0           # SNAPSHOT -> every stripe's SNAPSHOT_DONE
@@ -61,8 +61,8 @@ class Options:
             raise UsageError("missing COMMAND (usage: jitc supervise [OPTIONS] -- COMMAND...)")
         if self.max_restarts < 0:
             raise UsageError(f"--max-restarts must be >= 0, got {self.max_restarts}")
-        for name in ("grace_s", "restart_grace_s", "settle_s", "query_timeout_s", "snapshot_timeout_s",
-                     "tick_s", "kill_wait_s"):
+        for name in ("grace_s", "restart_grace_s", "settle_s", "query_timeout_s",
+                     "snapshot_timeout_s", "tick_s", "kill_wait_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UsageError(f"{name} must be a positive number of seconds, got {value}")

@@ -149,14 +149,15 @@ def main() -> None:
     if WORKERS == "torchrun":
         warmer.join(JOIN_WARM_S)     # fork with one thread: no lock held by another
         workers = load("standby_workers")
+        args = workers.parse(list(go["argv"]))     # torchrun's own reading of its command
         if not warmer.is_alive():
-            work = workers.prefork(list(go["argv"]), import_env)
+            work = workers.prefork(args, import_env)
             if work is not None:     # a forked copy, handed a worker: run it
                 sys.argv = list(work["argv"])
                 sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))
                 runpy.run_path(sys.argv[0], run_name="__main__")
                 return
-        workers.wait_for_store_port(list(go["argv"]))
+        workers.wait_for_store_port(args)
     os.environ.clear()
     os.environ.update(go["env"])
     sys.argv = list(go["argv"])

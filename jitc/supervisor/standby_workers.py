@@ -50,22 +50,20 @@ def parse(argv: list[str]):
         return None
 
 
-def expected_workers(argv: list[str]) -> tuple[int, str | None]:
-    """(local workers, training script) that torchrun's ``argv`` starts; (0, None) where it
-    does not start ``python -u SCRIPT`` workers in a known number."""
-    args = parse(argv)
+def expected_workers(args) -> tuple[int, str | None]:
+    """(local workers, training script) that torchrun's parsed ``args`` start; (0, None)
+    where they do not start ``python -u SCRIPT`` workers in a known number."""
     if args is None or args.no_python or args.module or args.run_path:
         return 0, None
     nproc = str(args.nproc_per_node)
     return (int(nproc), args.training_script) if nproc.isdigit() else (0, None)
 
 
-def wait_for_store_port(argv: list[str], limit_s: float = PORT_WAIT_S) -> bool:
+def wait_for_store_port(args, limit_s: float = PORT_WAIT_S) -> bool:
     """For static rendezvous on node 0, wait (bounded) until torchrun's store can listen on
     --master-port: the previous attempt's launcher held it, and a restart that tries to bind
     it a moment too early fails with EADDRINUSE (seen: the old listener lingered ~1 s after
     the old torchrun had been reaped) and costs a whole attempt. False if it never freed."""
-    args = parse(argv)
     if (args is None or args.standalone or args.rdzv_backend != "static" or args.node_rank != 0
             or not str(args.master_port or "").isdigit()):
         return True
@@ -84,10 +82,11 @@ def wait_for_store_port(argv: list[str], limit_s: float = PORT_WAIT_S) -> bool:
         time.sleep(PORT_POLL_S)
 
 
-def prefork(argv: list[str], import_env: dict[str, str]) -> dict | None:
-    """Fork the copies and install the hand-out. In the launcher: None. In a copy, once it
-    was handed a worker: that worker's spec (its environment, cwd and output are set)."""
-    count, script = expected_workers(argv)
+def prefork(args, import_env: dict[str, str]) -> dict | None:
+    """Fork the copies for torchrun's parsed ``args`` and install the hand-out. In the
+    launcher: None. In a copy, once it was handed a worker: that worker's spec (its
+    environment, cwd and output are set)."""
+    count, script = expected_workers(args)
     if count <= 0:
         return None
     try:
@@ -119,7 +118,8 @@ def prefork(argv: list[str], import_env: dict[str, str]) -> dict | None:
 
 def _wait_for_work(fd: int) -> dict:
     """In a copy: its own session (torchrun starts workers with start_new_session), then
-    block until handed a worker; exit 0 when the pipe closes first."""
+    block until handed a worker; exit 0 when the pipe closes first (``os._exit``: a copy
+    must never unwind into the launcher's code that forked it)."""
     os.setsid()
     with os.fdopen(fd, "rb") as f:
         line = f.readline()

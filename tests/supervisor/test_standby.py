@@ -157,7 +157,7 @@ sys.exit(int(os.environ.get("CODE", "0")))
 
 
 def _torchrun_standby(tmp_path: Path, nproc: int, env_extra: dict[str, str]):
-    from jitc.supervisor.standby_workers import expected_workers
+    from jitc.supervisor.standby_workers import expected_workers, parse
     out = tmp_path / "out"
     out.mkdir()
     d = _job_dir(tmp_path)
@@ -170,7 +170,7 @@ def _torchrun_standby(tmp_path: Path, nproc: int, env_extra: dict[str, str]):
     env.update(OUT=str(out), JITC_ATTEMPT="0", **env_extra)
     p = plan(command, env)
     assert p is not None and p.workers == "torchrun"
-    assert expected_workers(list(p.argv)) == (nproc, str(worker))
+    assert expected_workers(parse(list(p.argv))) == (nproc, str(worker))
     return Standby(p, env, child_setup(os.getpid())), env, out, worker
 
 
@@ -226,17 +226,17 @@ def test_torchrun_workers_start_cold_where_the_environment_differs(tmp_path):
 def test_restart_waits_for_the_store_port_to_be_released():
     import socket
     import threading
-    from jitc.supervisor.standby_workers import wait_for_store_port
+    from jitc.supervisor.standby_workers import parse, wait_for_store_port
     held = socket.socket()
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     held.bind(("", 0))
     held.listen(1)
     port = held.getsockname()[1]
-    argv = ["torchrun", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(port), "train.py"]
-    assert not wait_for_store_port(argv, limit_s=0.3)        # bounded: gives up
+    args = parse(["torchrun", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(port), "train.py"])
+    assert not wait_for_store_port(args, limit_s=0.3)        # bounded: gives up
     threading.Timer(0.3, held.close).start()
     t0 = time.monotonic()
-    assert wait_for_store_port(argv, limit_s=10)
+    assert wait_for_store_port(args, limit_s=10)
     assert 0.2 < time.monotonic() - t0 < 5
-    assert wait_for_store_port(["torchrun", "--standalone", "--nproc-per-node", "2", "t.py"])
+    assert wait_for_store_port(parse(["torchrun", "--standalone", "--nproc-per-node", "2", "t.py"]))
