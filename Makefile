@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # A CPU build of torch; a plain "torch" requirement would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup lib demo test bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/snapshot/*.* interpose/*.*)
@@ -14,6 +14,11 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/snaps
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
+
+# Rebuild libjitc.so after a C++ change and put it where the editable install loads it
+# (serialised: several rebuilds in one build dir at once would trip over each other).
+lib: setup
+	flock build/.lock sh -c 'cmake --build build/* && cp build/*/libjitc.so $$($(PY) -c "import jitc._lib as l; print(l.lib_path())")'
 
 demo: setup
 	$(VENV)/bin/jitc supervise --run-dir jitc-runs/demo --inject crash@rank=1,step=25 -- \
