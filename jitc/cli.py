@@ -5,6 +5,7 @@ is started: every input is validated before the job is.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,21 +40,24 @@ def inspect_cmd(path: Path) -> int:
 
 @cli.command("supervise", epilog=_EXIT_CODES_HELP,
              context_settings={"allow_interspersed_args": False})
-@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--run-dir", type=click.Path(path_type=Path, readable=False), default=None,
               help="Run directory (events.jsonl, snapshots/, socket). "
                    "Default: ./jitc-runs/<YYYYmmdd-HHMMSS>-<pid>.")
 @click.option("--max-restarts", type=int, default=3, show_default=True,
               help="Restarts allowed after failures.")
 @click.option("--hang-timeout", type=float, default=None,
               help="Fixed hang timeout in seconds (overrides JITC_HANG_TIMEOUT). "
-                   "Default: a multiple of the observed step time, with a floor.")
-@click.option("--grace", type=float, default=10.0, show_default=True,
-              help="Seconds between SIGTERM and SIGKILL when stopping the job.")
+                   "Default: a multiple of the observed step time (JITC_HANG_MULTIPLE, 5) "
+                   "with a floor (JITC_HANG_FLOOR, 30 s).")
+@click.option("--grace", type=float, default=None,
+              help="Seconds between SIGTERM and SIGKILL when stopping the job (overrides "
+                   "JITC_GRACE; default 10). A rank holds a SIGTERM for less than this.")
 @click.option("--restart-grace", type=float, default=0.1, show_default=True,
               help="The same when the job is stopped for a restart after its snapshot was "
                    "published: nothing of it is needed any more, and the restart waits.")
-@click.option("--snapshot-timeout", type=float, default=120.0, show_default=True,
-              help="Seconds to wait for the just-in-time snapshot.")
+@click.option("--snapshot-timeout", type=float, default=None,
+              help="Seconds each rank may take to write its part of the just-in-time "
+                   "snapshot (overrides JITC_SNAPSHOT_TIMEOUT; default 120).")
 @click.option("--no-standby", "no_standby", is_flag=True,
               help="Start every restart cold. Default: the next attempt's launcher is "
                    "started and warmed up during training, and takes over at the restart.")
@@ -71,10 +75,18 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
     from ._lib import lib_path
     from .faults import parse_specs
     from .supervisor import Options, Supervisor
-    from .supervisor.options import default_run_dir, resolve_hang_timeout
+    from .supervisor.options import default_run_dir
+    from .supervisor.preflight import check_command, check_run_dir
 
     if not command:
         raise UsageError("missing COMMAND (usage: jitc supervise [OPTIONS] -- COMMAND...)")
+    from .supervisor.nodes import multi_node_reason
+    many = multi_node_reason(tuple(command), dict(os.environ))
+    if many is not None:
+        raise UsageError(f"{many}: multi-node jobs are not supported yet (each node's "
+                         "supervisor would recover on its own and resume inconsistent "
+                         "state); run on one node")
+    check_command(command)
     specs = tuple(parse_specs(list(injects)))
     if lib is None:
         try:
@@ -83,11 +95,12 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
             raise UsageError(str(e)) from None
     elif not lib.is_file():
         raise UsageError(f"--lib {lib}: no such file")
+    check_run_dir(run_dir or default_run_dir())
     if run_dir is None:
         run_dir = default_run_dir()
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     opts = Options(command=tuple(command), run_dir=run_dir, lib=lib.resolve(), injects=specs,
-                   max_restarts=max_restarts, hang_timeout_s=resolve_hang_timeout(hang_timeout),
+                   max_restarts=max_restarts, hang_timeout_s=hang_timeout,
                    grace_s=grace, restart_grace_s=restart_grace,
                    snapshot_timeout_s=snapshot_timeout, standby=not no_standby)
     result = Supervisor(opts).run()
