@@ -53,9 +53,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import failure_trace  # noqa: E402
+from optional_deps import require  # noqa: E402
 import llama_tiny as L  # noqa: E402
 from jitc.checkfree import (Action, GradNormRecorder, LrRule, StageStatus,  # noqa: E402
                             plan_recovery, rebuild_edge_stage, rebuild_stage, restart_optimizer, stage_order)
@@ -349,6 +349,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr-factor", type=float, default=1.1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "checkfree_convergence")
     args = p.parse_args(argv)
+    require("matplotlib")
     torch.set_num_threads(1)
     rates = args.rates or ([0.005, 0.01] if args.quick else [0.0025, 0.005, 0.01, 0.02])
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])

@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_model as cm  # noqa: E402
+from optional_deps import require  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ddp_train.py"
@@ -218,6 +219,7 @@ def main() -> None:
     p.add_argument("--no-scratch", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "compare.json"))
     a = p.parse_args()
+    require("matplotlib")
     a.steps = a.steps or (80 if a.quick else 500)
     a.mtbf_steps = a.mtbf_steps or (30.0 if a.quick else 200.0)
     a.model = a.model or DEFAULT_MODEL["quick" if a.quick else "default"]

@@ -31,7 +31,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 from jitc._lib import lib_path  # noqa: E402
 
 STUBS = REPO / "tests" / "interpose" / "stubs"

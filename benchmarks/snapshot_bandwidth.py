@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 NTENSORS = 8
 CHUNK = 16 << 20

@@ -33,7 +33,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import llama_tiny as L  # noqa: E402
 import jitc  # noqa: E402
 from jitc.checkfree import GradNormRecorder, stage_order  # noqa: E402
