@@ -53,6 +53,8 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1):
             if path is None:
                 raise NoSnapshotError(f"cannot resume: {e}, and no older complete snapshot") from e
     elif not supervised and root and Path(root).is_dir():
+        from .tmpfiles import sweep
+        sweep(root)   # shim-only: the ranks own JITC_DIR; a killed writer's temporaries go
         path = latest_complete(Path(root))
         if path is not None and num_stages > 1:
             raise NoSnapshotError(f"{path}: shim-only resume of a pipeline (several stages) "

@@ -32,6 +32,10 @@ struct View {
 };
 View current_view();
 
+// "<what> <path>: ENOSPC (No space left on device)": an OS error as every snapshot error
+// text spells it (the supervisor reads the errno name and the path back out of it).
+std::string os_error(const std::string& what, const std::string& path, int err);
+
 // Minimal JSON string escaping for names we put in headers and records.
 std::string json_escape(const std::string& s);
 

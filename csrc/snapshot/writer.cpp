@@ -44,7 +44,7 @@ constexpr double kJoinGrace = 2.0;              // seconds past the deadline we 
 using Clock = std::chrono::steady_clock;
 
 std::string errno_text(const std::string& what, const std::string& path) {
-  return what + " " + path + ": " + std::strerror(errno);
+  return os_error(what, path, errno);
 }
 
 bool write_all(int fd, const char* p, uint64_t n, std::string* why, const std::string& path) {
@@ -243,6 +243,14 @@ void worker(std::shared_ptr<Job> job) {
 }
 
 }  // namespace
+
+std::string os_error(const std::string& what, const std::string& path, int err) {
+  // The errno's name first: "No space left on device" alone is hard to search for, and
+  // the supervisor lifts the name into its terminal line and event log.
+  const char* name = ::strerrorname_np(err);
+  return what + " " + path + ": " + (name != nullptr ? name : "errno " + std::to_string(err)) +
+         " (" + std::strerror(err) + ")";
+}
 
 std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
                                         const std::vector<int>& stripes, int64_t step,

@@ -84,6 +84,8 @@ def format_line(rec: dict[str, Any], t0: float) -> str:
             text += f"; root cause: {_ranks(rec['root_cause'])}"
     elif ev == "restart":
         text = "restarting" + (f" from step {rec['step']}" if rec.get("step") is not None else " from scratch")
+        if rec.get("reason"):
+            text += f" (an older snapshot: {rec['reason']})"
     elif ev == "resumed":
         text = f"resumed at step {rec.get('step')} (replayed {rec.get('replayed')})"
     elif ev == "finished":

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .. import env
+from ..causes import Cause, from_oserror
+from ..errors import UsageError
 from ..faults import join_specs
+from ..tmpfiles import sweep
 from ..protocol import Message, Msg
 from .classify import HANG_KINDS, Failure, root_causes
 from .events import EventLog
@@ -31,6 +34,7 @@ from .options import HANG_BACKSTOP_MARGIN_S, Options, derived_hang_timeout
 from .policy import RestartPolicy
 from .process import Job, become_subreaper, child_setup, preload_env, reap_orphans
 from .recovery import Outcome, Recovery
+from .rundir import CHECK_EVERY_S, RunDirWatch
 from .server import Connection, RankInfo, Server, phase_index, phase_name
 from .standby import Plan, Standby, plan
 from .state import ALLOWED, ExitCode, RunResult, State
@@ -76,6 +80,8 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self.prev_last_started: int | None = None
         self._next_reap = 0.0
+        self.run_dir_watch: RunDirWatch | None = None
+        self._next_dir_check = 0.0
         self._reset_attempt()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -104,14 +110,23 @@ class Supervisor:
                 signal.signal(s, handler)
 
     def _setup(self) -> None:
-        self.opts.run_dir.mkdir(parents=True, exist_ok=True)
-        self.opts.snapshot_root.mkdir(exist_ok=True)
-        self.events = EventLog(self.opts.events_path, self.stream)
+        try:
+            self._setup_run_dir()
+        except OSError as e:    # cli.py checked access; this is what it cannot foresee
+            raise UsageError(f"run directory {self.opts.run_dir}: "
+                             f"{from_oserror('cannot create', e).text}") from None
         self.server = Server(self.opts.socket_path())
         self.sel.register(self.server, selectors.EVENT_READ, "server")
+        self.run_dir_watch = RunDirWatch(self.opts.run_dir)
         become_subreaper()
         if self.opts.standby:
             self.standby_plan = plan(self.opts.command, self._child_env())
+
+    def _setup_run_dir(self) -> None:
+        self.opts.run_dir.mkdir(parents=True, exist_ok=True)
+        self.opts.snapshot_root.mkdir(exist_ok=True)
+        sweep(self.opts.snapshot_root)   # a reused run dir: an earlier run's dead writers
+        self.events = EventLog(self.opts.events_path, self.stream)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.interrupted is None:
@@ -145,6 +160,12 @@ class Supervisor:
         if self.interrupted is not None:
             self._interrupt(now)
             return
+        if self.run_dir_watch is not None and now >= self._next_dir_check:
+            self._next_dir_check = now + CHECK_EVERY_S
+            lost = self.run_dir_watch.lost()
+            if lost is not None:
+                self._run_dir_lost(now, lost)
+                return
         if self.state is State.STARTING:
             self._start_job(now)
             return
@@ -431,21 +452,30 @@ class Supervisor:
         return conn is not None and conn.send(mtype, body)
 
     def _after_recovery(self, outcome: Outcome, now: float) -> None:
+        lost = self.run_dir_watch.lost() if self.run_dir_watch is not None else None
+        if lost is not None:    # what failed in the recovery may be its doing: say that
+            self._run_dir_lost(now, lost)
+            return
         self._goto(State.STOPPING)
         roots = self.roots
         root_ranks = [f.rank for f in roots]
         self.root_history.append(root_ranks[0] if root_ranks else None)
         self._stop_job(now, roots, published=outcome.protected and outcome.manifest is not None)
+        sweep(self.opts.snapshot_root)   # the attempt's writers are gone: their temporaries too
+        cause = outcome.cause.fields() if outcome.cause is not None else {}
         # The limit decides first: with no restart left, whether a resume point exists
         # does not matter (a published snapshot stays on disk for a manual restart).
         if not self.policy.allows_restart(self.attempt):
             reason = f"restarts exhausted (--max-restarts {self.opts.max_restarts})"
-            self.events.emit("gave_up", self.attempt, reason=reason, root_cause=root_ranks or None)
+            if outcome.reason:
+                reason += f"; this attempt's snapshot failed: {outcome.reason}"
+            self.events.emit("gave_up", self.attempt, reason=reason, root_cause=root_ranks or None,
+                             **cause)
             self._finish(ExitCode.RESTARTS_EXHAUSTED, reason)
             return
         if outcome.gave_up:
             self.events.emit("gave_up", self.attempt, reason=outcome.gave_up,
-                             root_cause=root_ranks or None)
+                             root_cause=root_ranks or None, **cause)
             self._finish(ExitCode.JOB_FAILED, outcome.gave_up)
             return
         self.resume = outcome.manifest if outcome.protected else None
@@ -453,9 +483,18 @@ class Supervisor:
         self.attempt += 1
         self.events.emit("restart", self.attempt, step=outcome.step,
                          resume=str(self.resume) if self.resume else None,
-                         fallback=outcome.fallback or None, root_cause=root_ranks or None)
+                         fallback=outcome.fallback or None, root_cause=root_ranks or None,
+                         reason=outcome.reason, **cause)
         self._reset_attempt()
         self._goto(State.STARTING)
+
+    def _run_dir_lost(self, now: float, lost: Cause) -> None:
+        """Stop: no attempt can work without its run dir (socket, snapshots, event log)."""
+        self._stop_job(now, roots=[])
+        self.events.emit("gave_up", self.attempt, kind="run_dir_lost",
+                         reason=f"{lost.text}; stopped the job (its event log went with the "
+                                "directory)", **lost.fields())
+        self._finish(ExitCode.JOB_FAILED, lost.text)
 
     def _interrupt(self, now: float) -> None:
         name = signal.Signals(self.interrupted).name

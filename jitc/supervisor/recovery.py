@@ -23,6 +23,11 @@ single-shard snapshot with its own manifest; ``JITC_RESUME`` names shard 0's man
 rank of shard s reads ``../shard-<s>/manifest.json`` beside it.
 
 The ranks that failed (root causes) are never writers: their state is suspect.
+
+Causes: a writer's SNAPSHOT_DONE ``error`` (``write <path>: ENOSPC (...)``, jitc/causes.py)
+and an OS error of the supervisor's own (creating the snapshot's directory, publishing)
+travel in ``Outcome.reason``/``cause`` to the terminal line and the event log: the first one
+seen, as the root cause of the snapshot's failure.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..causes import Cause, from_oserror, parse
 from ..errors import JitcError
 from ..protocol import Msg
 from .events import EventLog
@@ -54,6 +60,8 @@ class Outcome:
     step: int | None = None
     gave_up: str | None = None      # reason, when protected state exists and nothing usable
     fallback: bool = False          # manifest is an older snapshot found on disk
+    reason: str | None = None       # why this attempt's own snapshot was not used
+    cause: Cause | None = None      # the OS error behind ``reason``, where there was one
 
 
 @dataclass
@@ -94,6 +102,7 @@ class Recovery:
         self._base: Path | None = None
         self._num_shards = 1
         self._stage_plan: StagePlan | None = None
+        self._cause: Cause | None = None     # first writer error or OS error seen
 
     # -- inputs --------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -134,6 +143,7 @@ class Recovery:
             del shard.pending[stripe]
             shard.done[stripe] = body
         else:
+            self._note(parse(body.get("error")), rank)
             shard.dead.add(rank)
             self._reassign(shard, stripe, rank, now)
         self.tick(now)
@@ -198,7 +208,14 @@ class Recovery:
         base = self._base = self.root / f"snap-{self._id}"
         for s, steps in by_shard.items():
             d = base if num_shards == 1 else base / f"shard-{s}"
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                if not self.root.is_dir():   # a vanished run dir is not created again
+                    self.root.mkdir(mode=0o700)
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                self._note(from_oserror("mkdir", e))
+                self._fallback(f"cannot create the snapshot directory: {self._cause.text}")
+                return
             self._shards[s] = _Shard(s, d, steps[self._step])
         self.phase = Phase.WRITING
         self._write_t0 = self.clock()
@@ -237,7 +254,11 @@ class Recovery:
             world = max((i.world_size for i in self.ranks.values()
                          if isinstance(i.world_size, int)), default=None)
             manifests = {s: publish(sh.dir, world_size=world) for s, sh in self._shards.items()}
-        except (JitcError, OSError, ImportError) as e:
+        except OSError as e:
+            self._note(from_oserror("publish", e))
+            self._fallback(f"publishing the snapshot failed: {self._cause.text}")
+            return
+        except (JitcError, ImportError) as e:
             self._fallback(f"publishing the snapshot failed: {e}")
             return
         nbytes = sum(int(d.get("bytes") or 0) for sh in self._shards.values() for d in sh.done.values())
@@ -276,6 +297,8 @@ class Recovery:
     def _fallback(self, reason: str) -> None:
         if self.phase is Phase.DONE:
             return
+        if self._cause is not None and self._cause.text not in reason:
+            reason = f"{reason} ({self._cause.text})"
         found = None
         try:
             from ..snapshot import latest_complete
@@ -289,13 +312,20 @@ class Recovery:
             found = None
         if found is None:
             self._finish(Outcome(protected=True, gave_up=f"{reason}; no complete snapshot to "
-                                                        "fall back to"))
+                                                        "fall back to",
+                                 reason=reason, cause=self._cause))
             return
         manifest = Path(found)
         if manifest.is_dir():
             manifest = manifest / "manifest.json"
         self._finish(Outcome(protected=True, manifest=manifest, fallback=True,
-                             step=_manifest_step(manifest)))
+                             step=_manifest_step(manifest), reason=reason, cause=self._cause))
+
+    def _note(self, cause: Cause | None, rank: int | None = None) -> None:
+        """Keep the first cause (later ones usually follow from it)."""
+        if cause is not None and self._cause is None:
+            text = cause.text if rank is None else f"rank {rank}: {cause.text}"
+            self._cause = Cause(text, cause.errno, cause.path)
 
     def _finish(self, outcome: Outcome) -> None:
         self.phase = Phase.DONE
