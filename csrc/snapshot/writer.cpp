@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -42,6 +43,12 @@ constexpr uint64_t kStageChunk = 64ull << 20;   // pinned staging buffer for CUD
 constexpr double kJoinGrace = 2.0;              // seconds past the deadline we still wait
 
 using Clock = std::chrono::steady_clock;
+
+std::string seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", s);
+  return buf;
+}
 
 std::string errno_text(const std::string& what, const std::string& path) {
   return os_error(what, path, errno);
@@ -302,7 +309,7 @@ std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
   }
   if (!all)
     for (StripeResult& r : out)
-      if (!r.ok && r.error.empty()) r.error = "timed out after " + std::to_string(timeout_s) + " s";
+      if (!r.ok && r.error.empty()) r.error = "timed out after " + seconds(timeout_s) + " s";
   return out;
 }
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from ..causes import describe
+
 NAMES = frozenset({
     "start", "fault_injected", "failure_detected", "snapshot_requested", "snapshot_done",
     "stage_rebuilt", "job_stopped", "restart", "resumed", "finished", "gave_up",
@@ -107,6 +109,7 @@ class EventLog:
         self._stream = sys.stderr if stream is None else stream
         self._clock = clock
         self.t0 = clock()
+        self._write_failed = False
 
     def emit(self, event: str, attempt: int, *, echo: bool = True, ts: float | None = None,
              **fields: Any) -> dict[str, Any]:
@@ -127,8 +130,14 @@ class EventLog:
         return rec
 
     def write(self, rec: dict[str, Any], *, echo: bool = True) -> None:
-        self._file.write(json.dumps(rec, default=str) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(rec, default=str) + "\n")
+            self._file.flush()
+        except OSError as e:     # a full disk: the job must not die of its log; say it once
+            if not self._write_failed:
+                self._write_failed = True
+                self._say(f"cannot write {self.path}: {describe(e.errno)}; "
+                          "events go to this timeline only until it can")
         if echo:
             self.echo(rec)
 
@@ -138,8 +147,17 @@ class EventLog:
         except (OSError, ValueError):   # stderr closed: the JSON log is the record
             pass
 
+    def _say(self, text: str) -> None:
+        try:
+            print(f"jitc: {text}", file=self._stream, flush=True)
+        except (OSError, ValueError):
+            pass
+
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:          # the last flush on a full disk: reported by write()
+            pass
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
