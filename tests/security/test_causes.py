@@ -216,6 +216,16 @@ def test_run_dir_without_permission_is_a_usage_error_naming_eacces(tmp_path, mod
     assert not marker.exists() and list(top.iterdir()) == []
 
 
+def test_what_the_run_dir_setup_cannot_create_is_a_usage_error(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "events.jsonl").mkdir(parents=True)          # in the way of the event log
+    run_dir.chmod(0o700)
+    p = _supervise(run_dir, sys.executable, "-c", "print('hi')", cwd=tmp_path)
+    assert p.returncode == ExitCode.USAGE, p.stderr
+    line = _one_error_line(p.stderr)
+    assert f"cannot create {run_dir / 'events.jsonl'}: EISDIR (Is a directory)" in line, line
+
+
 # -- a run dir deleted mid-run -----------------------------------------------------------
 
 @pytest.mark.parametrize("ranks", [False, True], ids=["quiet-job", "ranks-fail-with-it"])
