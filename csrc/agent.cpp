@@ -102,7 +102,7 @@ void on_snapshot(Loop& loop, const json::Value& body) {
     return;
   }
   double write_timeout = (timeout != nullptr && timeout->is_number() && timeout->num > 0)
-                             ? timeout->num : limits::kSnapshotTimeoutS;
+                             ? timeout->num : s.cfg.snapshot_timeout_s;
   std::string why;
   std::vector<snapshot::StripeResult> results;
   int64_t at = s.completed.load();
@@ -239,7 +239,7 @@ void send_hang(const HangReport& r) {
   progress[n] = '\0';
   char buf[2048];
   json::Writer w(buf, sizeof buf);
-  failure_header(w, "hang");
+  failure_header(w, FailureKind::Hang);
   w.raw("progress", progress).num("elapsed", r.elapsed_s).num("timeout", r.timeout_s);
   if (r.is_region) {
     std::string name = r.region_name.substr(0, 256);
@@ -279,6 +279,7 @@ void send_progress(Loop& loop, uint64_t now) {
       .i64("completed", completed)
       .str("phase", phase_name(phase))
       .num("step_time", wd != nullptr ? wd->last_step_s() : 0.0)
+      .num("hang_timeout", wd != nullptr ? wd->timeout_s() : 0.0)
       .i64("marks", static_cast<int64_t>(s.marks.load()));
   if (send_msg(channel::kProgress, w)) {
     loop.sent_completed = completed;
@@ -306,11 +307,11 @@ void check_sigterm(Loop& loop, uint64_t now) {
   double held = now > since ? static_cast<double>(now - since) / 1e9 : 0.0;
   bool due;
   if (s.snapshot_running.load()) {
-    due = held > limits::kSigtermHoldS;
+    due = held > s.cfg.sigterm_hold_s;
   } else {
     bool supervised = s.fd.load() >= 0 && !s.orphaned.load();
     bool waiting = supervised && !s.release_received.load() && !loop.snapshot_since_term;
-    due = !waiting || held > limits::kSigtermAwaitCommandS;
+    due = !waiting || held > s.cfg.sigterm_hold_s;
   }
   if (!due) return;
   s.term_pending_ns.store(0);
@@ -429,7 +430,7 @@ void local_recovery(const char* reason) {
   State& s = state();
   if (s.recovering.exchange(true)) {
     // Another thread is writing and will exit the process; wait for it, bounded.
-    std::this_thread::sleep_for(std::chrono::duration<double>(limits::kSnapshotTimeoutS +
+    std::this_thread::sleep_for(std::chrono::duration<double>(s.cfg.snapshot_timeout_s +
                                                               limits::kSnapshotWindowWaitS));
     _exit(limits::kLocalRecoveryExitCode);
   }
@@ -447,7 +448,7 @@ void local_recovery(const char* reason) {
       std::string dir = c.dir + "/snap-a" + std::to_string(c.attempt) + "-s" +
                         std::to_string(step) + "-" + std::to_string(c.rank);
       if (make_dirs(dir, &why)) {
-        auto results = snapshot::write_stripes(dir, 1, {0}, step, limits::kSnapshotTimeoutS);
+        auto results = snapshot::write_stripes(dir, 1, {0}, step, c.snapshot_timeout_s);
         for (const auto& r : results)
           debug("local snapshot stripe %d: %s %s", r.stripe, r.ok ? "ok" : "FAILED",
                 r.ok ? r.file.c_str() : r.error.c_str());

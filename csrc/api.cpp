@@ -92,12 +92,10 @@ void reset_runtime_state() {
 }
 
 WatchdogConfig watchdog_config(const Config& c) {
-  WatchdogConfig w;
+  WatchdogConfig w;   // initial timeout and sample count: the rule's defaults
   w.fixed_timeout_s = c.hang_timeout_s;
   w.floor_s = c.hang_floor_s;
   w.multiple = c.hang_multiple;
-  w.initial_s = limits::kHangInitialS;
-  w.min_samples = limits::kHangMinSamples;
   return w;
 }
 
@@ -137,16 +135,12 @@ void add_poller(Poller p) {
 }
 
 
-// Failures of this rank's own code or device, as opposed to a collective that failed or
-// hung because of a peer ("peer", "hang", "nccl-error", "nccl-hang").
-static bool own_fault(const char* kind) {
-  return std::strcmp(kind, "exception") == 0 || std::strcmp(kind, "cuda-error") == 0;
-}
-
-void report_failure(const char* kind, const char* error, long code, const char* detail) {
+void report_failure(FailureKind kind, Severity severity, const char* error, long code,
+                    const char* detail) {
   State& s = state();
-  if (!active() || kind == nullptr || t_in_report) return;
+  if (!active() || t_in_report) return;
   t_in_report = true;
+  const char* name = kind_name(kind);
   {
     std::lock_guard<std::mutex> lock(s.fail_mu);
     int64_t step = s.completed.load();
@@ -154,7 +148,7 @@ void report_failure(const char* kind, const char* error, long code, const char* 
       s.fail_step = step;
       s.fail_keys.clear();
     }
-    std::string key = std::string(kind) + "/" + (error != nullptr ? error : "");
+    std::string key = std::string(name) + "/" + (error != nullptr ? error : "");
     for (const auto& k : s.fail_keys) {
       if (k == key) {
         t_in_report = false;
@@ -167,15 +161,17 @@ void report_failure(const char* kind, const char* error, long code, const char* 
     std::string d = cut(detail);
     char buf[4096];
     json::Writer w(buf, sizeof buf);
-    failure_header(w, kind);
+    failure_header(w, kind, severity);
     if (error != nullptr) w.str("error", error).i64("code", code);
     w.str("detail", d.c_str());
-    if (!send_msg(channel::kFailure, w)) debug("FAILURE %s not sent", kind);
-  } else if (!s.orphaned.load() && !own_fault(kind)) {
+    if (!send_msg(channel::kFailure, w)) debug("FAILURE %s not sent", name);
+  } else if (severity != Severity::Fatal) {
+    debug("%s (%s): not fatal, carrying on", name, severity_name(severity));
+  } else if (!s.orphaned.load() && kind_info(kind).trusted) {
     // Shim-only mode: a healthy rank (its collective failed or hung because of a peer)
     // writes its own snapshot and exits; never returns. A rank whose own code or device
     // failed holds suspect state and just fails as it would have.
-    agent::local_recovery(kind);
+    agent::local_recovery(name);
   }
   t_in_report = false;
 }
@@ -210,7 +206,9 @@ JITC_API int jitc_init(int rank, int local_rank, int world_size, int shard, int 
     }
     return JITC_OK;
   }
-  s.cfg = jitc::load_config(rank, local_rank, world_size, shard, num_shards);
+  jitc::Config cfg = jitc::load_config(rank, local_rank, world_size, shard, num_shards);
+  if (!cfg.error.empty()) return fail(JITC_E_INVALID, "%s", cfg.error.c_str());
+  s.cfg = cfg;
   s.init_pid = getpid();
   s.watchdog.store(new jitc::Watchdog(jitc::watchdog_config(s.cfg)));
   jitc::reset_runtime_state();
@@ -332,8 +330,11 @@ JITC_API int jitc_region_end(int64_t id) {
 
 JITC_API int jitc_report_failure(const char* kind, const char* detail) {
   if (kind == nullptr || kind[0] == '\0') return fail(JITC_E_INVALID, "jitc_report_failure: no kind");
+  jitc::FailureKind k;
+  if (!jitc::kind_from_name(kind, &k))
+    return fail(JITC_E_INVALID, "jitc_report_failure: unknown kind %s", kind);
   if (!jitc::active()) return fail(JITC_E_STATE, "jitc_report_failure: not initialised");
-  jitc::report_failure(kind, nullptr, 0, detail);
+  jitc::report_failure(k, jitc::default_severity(k), nullptr, 0, detail);
   return JITC_OK;
 }
 
@@ -446,6 +447,55 @@ JITC_API int jitc_snapshot_write(const char* dir, int nstripes, const int* strip
 }
 
 // jitc_crc32c is implemented beside the checksum itself, in csrc/snapshot/crc32c.cpp.
+
+JITC_API int jitc_limits(char* buf, size_t n) {
+  // The limits this process obeys (active) or would obey (the environment now), so that a
+  // test can hold them against jitc/limits.py. The caller's buffer: no thread_local here,
+  // the library's static TLS must stay small enough to be dlopened after torch.
+  if (buf == nullptr || n == 0) return fail(JITC_E_INVALID, "jitc_limits: no buffer");
+  State& s = state();
+  jitc::Config c = jitc::active() ? s.cfg : jitc::load_config(0, 0, 1, 0, 1);
+  jitc::json::Writer w(buf, n - 1);   // room for the terminating NUL
+  namespace L = jitc::limits;
+  w.num("hang_timeout", c.hang_timeout_s)
+      .num("hang_floor", c.hang_floor_s)
+      .num("hang_multiple", c.hang_multiple)
+      .num("hang_initial", L::kHangInitialS)
+      .i64("hang_percentile", L::kHangPercentile)
+      .i64("hang_window", L::kHangWindow)
+      .i64("hang_min_samples", L::kHangMinSamples)
+      .num("heartbeat", L::kProgressMinIntervalS)
+      .num("grace", c.grace_s)
+      .num("sigterm_hold", c.sigterm_hold_s)
+      .num("snapshot_timeout", c.snapshot_timeout_s)
+      .num("snapshot_join_grace", L::kSnapshotJoinGraceS)
+      .i64("attempt", c.attempt)
+      .str("error", c.error.c_str());
+  size_t len = w.finish();
+  if (len == 0) return fail(JITC_E_INVALID, "jitc_limits: buffer of %zu bytes too small", n);
+  buf[len] = '\0';
+  return JITC_OK;
+}
+
+JITC_API const char* jitc_failure_table(void) {
+  // The failure table as compiled in (jitc/failure_kinds.def through csrc/failure.h).
+  static const std::string table = [] {
+    std::string t = "{\"kinds\":[";
+    for (size_t i = 0; i < jitc::kNumKinds; ++i) {
+      const jitc::KindInfo& k = jitc::failure_table::kKinds[i];
+      const char* blame = k.blame == jitc::Blame::Self ? "self"
+                          : k.blame == jitc::Blame::Progress ? "progress" : "never";
+      t += std::string(i ? "," : "") + "{\"name\":\"" + k.name + "\",\"trusted\":" +
+           (k.trusted ? "true" : "false") + ",\"hang\":" + (k.hang ? "true" : "false") +
+           ",\"by_code\":" + (k.by_code ? "true" : "false") + ",\"blame\":\"" + blame + "\"}";
+    }
+    t += "],\"severities\":[";
+    for (size_t i = 0; i < jitc::kNumSeverities; ++i)
+      t += std::string(i ? "," : "") + "\"" + jitc::failure_table::kSeverities[i] + "\"";
+    return t + "]}";
+  }();
+  return table.c_str();
+}
 
 JITC_API void jitc_fault_segv(void) {
   // A volatile pointer the compiler cannot prove null: a real store to address 0, hence a

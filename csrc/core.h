@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "failure.h"
+
 namespace jitc {
 
 // The two flags every interposed call reads. They live outside State (state.h) so that
@@ -23,11 +25,13 @@ inline bool active() { return hot::active.load(std::memory_order_relaxed); }
 // use (JITC_SOCKET or JITC_DIR set). Returns active(). Cheap after the first call.
 bool auto_activate();
 
-// Report a failure to the supervisor (or, in shim-only mode, start the local recovery).
-// kind: "cuda-error" | "nccl-error" | "nccl-hang" | "hang" | ...; error: symbolic name
-// (e.g. "cudaErrorIllegalAddress"); code: numeric code. Thread-safe; NOT signal-safe.
-// Reports the same (kind, error) once per step at most.
-void report_failure(const char* kind, const char* error, long code, const char* detail);
+// Report a failure to the supervisor with its severity (jitc/failure_kinds.def says what
+// the kind means). Shim-only mode: a fatal failure of a kind whose reporter is trusted
+// starts the local recovery (never returns); anything else is only logged. error: symbolic
+// name (e.g. "cudaErrorIllegalAddress") or null; code: numeric code. Thread-safe; NOT
+// signal-safe. Reports the same (kind, error) once per step at most.
+void report_failure(FailureKind kind, Severity severity, const char* error, long code,
+                    const char* detail);
 
 // Hang timeout now in force, seconds (fixed or derived from step times).
 double hang_timeout_s();

@@ -85,7 +85,8 @@ JITC_API int jitc_optimizer_end(void);
 JITC_API int64_t jitc_region_begin(int kind, const char *name, double deadline_s);
 JITC_API int jitc_region_end(int64_t id);
 
-/* Report a failure seen by Python (kind: "exception" | "peer" | ...; detail: free text). */
+/* Report a failure seen by Python (kind: a name from jitc/failure_kinds.def, e.g. "exception"
+ * or "peer"; JITC_E_INVALID for any other; detail: free text). Reported as fatal. */
 JITC_API int jitc_report_failure(const char *kind, const char *detail);
 /* Report that an injected fault is about to fire. */
 JITC_API int jitc_report_fault_injected(const char *kind, int64_t step, int phase);
@@ -115,6 +116,13 @@ JITC_API int jitc_snapshot_write(const char *dir, int nstripes, const int *strip
 /* CRC32C (Castagnoli) of n bytes, continuing from crc (start with 0). Hardware-accelerated
  * where the CPU has it; the snapshot checksums use it, and Python verifies with it. */
 JITC_API uint32_t jitc_crc32c(uint32_t crc, const void *data, size_t n);
+
+/* What this side compiled in and reads, as JSON, for tests that hold it against the
+ * Python side: the limits in force (or, before jitc_init, those the environment gives,
+ * with "error" naming a malformed JITC_* value) written into buf (1 KiB is plenty), and
+ * the failure table (jitc/failure_kinds.def; a string that lives as long as the library). */
+JITC_API int jitc_limits(char *buf, size_t n);
+JITC_API const char *jitc_failure_table(void);
 
 /* Fault helpers used by jitc/faults.py. */
 JITC_API void jitc_fault_segv(void);                 /* a real invalid memory access */

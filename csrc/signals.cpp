@@ -52,7 +52,7 @@ void fatal_handler(int sig, siginfo_t*, void*) {
   if (getpid() == s.init_pid && !s.fatal_sent.exchange(true)) {
     char buf[512];
     json::Writer w(buf, sizeof buf);
-    failure_header(w, "signal");
+    failure_header(w, FailureKind::Signal);
     w.str("signal", fatal_name(sig)).str("detail", "fatal signal");
     send_msg(channel::kFailure, w);
   }
@@ -156,7 +156,7 @@ extern "C" __attribute__((visibility("default"))) void _exit(int status) {
       !s.goodbye_sent.load(std::memory_order_acquire) && !s.fatal_sent.exchange(true)) {
     char buf[512];
     jitc::json::Writer w(buf, sizeof buf);
-    jitc::failure_header(w, "exit");
+    jitc::failure_header(w, jitc::FailureKind::Exit);
     w.i64("code", status).str("detail", "_exit with non-zero status");
     jitc::send_msg(jitc::channel::kFailure, w);
   }

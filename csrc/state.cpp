@@ -45,11 +45,12 @@ bool send_msg(uint8_t type, json::Writer& w) {
   return channel::send(fd, type, w.data(), n);
 }
 
-void failure_header(json::Writer& w, const char* kind) {
+void failure_header(json::Writer& w, FailureKind kind, Severity severity) {
   State& s = state();
   w.ts()
       .i64("rank", s.cfg.rank)
-      .str("kind", kind)
+      .str("kind", kind_name(kind))
+      .str("severity", severity_name(severity))
       .i64("step", s.completed.load(std::memory_order_relaxed))
       .str("phase", phase_name(s.phase.load(std::memory_order_relaxed)));
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "config.h"
+#include "failure.h"
 #include "core.h"
 #include "json.h"
 #include "watchdog.h"
@@ -82,8 +83,9 @@ void wake_agent();
 // Async-signal-safe (the writer and channel::send are).
 bool send_msg(uint8_t type, json::Writer& w);
 
-// Fills the fields every FAILURE carries (ts, rank, kind, step, phase). Async-signal-safe.
-void failure_header(json::Writer& w, const char* kind);
+// Fills the fields every FAILURE carries (ts, rank, kind, severity, step, phase).
+// Async-signal-safe.
+void failure_header(json::Writer& w, FailureKind kind, Severity severity = Severity::Fatal);
 
 // The optimizer window / snapshot gate. All waits bounded.
 // Enter the window; waits while a snapshot runs. false on timeout.

@@ -53,8 +53,10 @@ double Watchdog::timeout_s() const {
   size_t k = static_cast<size_t>(std::min<uint64_t>(n, kWindow));
   uint64_t d[kWindow];
   for (size_t i = 0; i < k; ++i) d[i] = durations_[i].load(std::memory_order_relaxed);
-  // Nearest-rank p95: the smallest value with at least 95% of samples at or below it.
-  size_t rank = (95 * k + 99) / 100;
+  // Nearest-rank percentile: the smallest value with at least that share of samples at or
+  // below it.
+  constexpr size_t pct = limits::kHangPercentile;
+  size_t rank = (pct * k + 99) / 100;
   std::nth_element(d, d + (rank - 1), d + k);
   double p95 = static_cast<double>(d[rank - 1]) / 1e9;
   return std::max(cfg_.floor_s, cfg_.multiple * p95);

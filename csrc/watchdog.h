@@ -12,14 +12,17 @@
 #include <string>
 #include <vector>
 
+#include "config.h"
+
 namespace jitc {
 
+// The hang rule (config.h limits; its Python twin is jitc/limits.py hang_timeout()).
 struct WatchdogConfig {
-  double fixed_timeout_s = 0;   // > 0: use this; else derive from step times
-  double floor_s = 30;          // derived timeout never below
-  double multiple = 5;          // derived = multiple x p95(last `window` step durations)
-  double initial_s = 600;       // before `min_samples` step durations are known
-  int min_samples = 3;
+  double fixed_timeout_s = 0;                  // > 0: use this; else derive from step times
+  double floor_s = limits::kHangFloorS;        // derived timeout never below
+  double multiple = limits::kHangMultiple;     // derived = multiple x p95(last kWindow steps)
+  double initial_s = limits::kHangInitialS;    // before `min_samples` step durations are known
+  int min_samples = limits::kHangMinSamples;
 };
 
 struct HangReport {
@@ -34,7 +37,7 @@ struct HangReport {
 
 class Watchdog {
  public:
-  static constexpr int kWindow = 64;
+  static constexpr int kWindow = limits::kHangWindow;
 
   explicit Watchdog(const WatchdogConfig& cfg) : cfg_(cfg) {}
 

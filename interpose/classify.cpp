@@ -108,23 +108,15 @@ const char* error_name(Api api, long code) {
   return api == Api::Runtime ? c->runtime : c->driver;
 }
 
-const char* severity_name(Severity s) {
-  switch (s) {
-    case Severity::Benign: return "benign";
-    case Severity::Recoverable: return "recoverable";
-    case Severity::Fatal: return "fatal";
-  }
-  return "?";
-}
-
-Severity check_slow(Api api, const char* kind, long code, const char* call, bool injected) {
+Severity check_slow(Api api, long code, const char* call, bool injected) {
   Severity s = classify(api, code);
   if (s == Severity::Benign) return s;
   char detail[160];
   std::snprintf(detail, sizeof(detail), "%s returned %s (%ld, %s)%s", call,
                 error_name(api, code), code, severity_name(s), injected ? " [injected]" : "");
   jitc::debug("interpose: %s", detail);
-  jitc::report_failure(kind, error_name(api, code), code, detail);
+  FailureKind kind = api == Api::Nccl ? FailureKind::NcclError : FailureKind::CudaError;
+  jitc::report_failure(kind, s, error_name(api, code), code, detail);
   return s;
 }
 

@@ -48,7 +48,7 @@ Library g_lib{"libcuda.so", kNames, g_slots, kDriverCount};
   bool injected = false;                                                         \
   int pre = cuda_pre_call(&injected);                                            \
   ret r = pre != 0 ? static_cast<ret>(pre) : fn args;                            \
-  check(Api::Driver, "cuda-error", r, #name, injected);                          \
+  check(Api::Driver, r, #name, injected);                                        \
   return r;
 
 #define JITC_CUDA_SYNC(ret, name, params, args)                                   \

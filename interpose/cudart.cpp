@@ -80,7 +80,7 @@ using namespace jitc::interpose;
     bool injected = false;                                                       \
     int pre = cuda_pre_call(&injected);                                          \
     ret r = pre != 0 ? static_cast<ret>(pre) : fn args;                          \
-    check(Api::Runtime, "cuda-error", r, #name, injected);                       \
+    check(Api::Runtime, r, #name, injected);                                     \
     return r;                                                                    \
   }
 
@@ -92,7 +92,7 @@ using namespace jitc::interpose;
     Guard guard;                                                                 \
     int sticky = g_sticky_cuda.load(std::memory_order_relaxed);                  \
     ret r = sticky != 0 ? static_cast<ret>(sticky) : fn args;                    \
-    check(Api::Runtime, "cuda-error", r, #name);                                 \
+    check(Api::Runtime, r, #name);                                               \
     return r;                                                                    \
   }
 

@@ -38,7 +38,7 @@ Library g_lib{"libnccl.so", kNames, g_slots, kNcclCount};
 inline void after_collective(ncclResult_t r, const char* name, ncclComm_t comm,
                              cudaStream_t stream, bool never_complete) {
   if (r != ncclSuccess && r != ncclInProgress)
-    check(Api::Nccl, "nccl-error", r, name);
+    check(Api::Nccl, r, name);
   else if (never_complete)
     watch::issued(comm, name, stream, true);
   else
@@ -50,7 +50,7 @@ inline void after_collective(ncclResult_t r, const char* name, ncclComm_t comm,
 bool injected_error(ncclComm_t comm, const char* name) {
   if (!jitc::take_fault(jitc::Fault::NcclError)) return false;
   watch::poison(comm, ncclUnhandledCudaError);
-  check(Api::Nccl, "nccl-error", ncclUnhandledCudaError, name, true);
+  check(Api::Nccl, ncclUnhandledCudaError, name, true);
   return true;
 }
 
@@ -123,7 +123,7 @@ using namespace jitc::interpose;
     if (!observing()) return fn args;                                            \
     Guard guard;                                                                 \
     ret r = fn args;                                                             \
-    check(Api::Nccl, "nccl-error", r, #name);                                    \
+    check(Api::Nccl, r, #name);                                                  \
     bool ok = r == ncclSuccess || r == ncclInProgress;                           \
     if (k_##name == k_ncclGroupStart) {                                          \
       if (ok) watch::group_start();                                              \
@@ -155,7 +155,7 @@ JITC_EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* er
   ncclResult_t injected = watch::poisoned(comm);
   if (injected != ncclSuccess) *error = injected;
   if (*error != ncclSuccess && *error != ncclInProgress)
-    check(Api::Nccl, "nccl-error", *error, "ncclCommGetAsyncError", injected != ncclSuccess);
+    check(Api::Nccl, *error, "ncclCommGetAsyncError", injected != ncclSuccess);
   return r;
 }
 

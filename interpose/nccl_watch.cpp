@@ -230,7 +230,7 @@ void report_hang(const Op& op, uint64_t now_ns, double timeout_s) {
                 op.never_complete ? " [injected]" : "");
   jitc::debug("interpose: nccl hang: %s", detail);
   g_hangs.fetch_add(1, std::memory_order_relaxed);
-  jitc::report_failure("nccl-hang", op.name, 0, detail);
+  jitc::report_failure(FailureKind::NcclHang, Severity::Fatal, op.name, 0, detail);
 }
 
 }  // namespace
@@ -344,7 +344,7 @@ void poll(uint64_t now_ns) {
       }
     } else {
       // The stream failed under the collective: a sticky CUDA error surfaced here.
-      check(Api::Runtime, "cuda-error", r, op.name);
+      check(Api::Runtime, r, op.name);
       release(op);
     }
   }
@@ -360,7 +360,7 @@ void poll(uint64_t now_ns) {
       err = async;
     }
     if (err != ncclSuccess && err != ncclInProgress) {
-      check(Api::Nccl, "nccl-error", err, "ncclCommGetAsyncError");
+      check(Api::Nccl, err, "ncclCommGetAsyncError");
       g_comm_reported[i] = true;
     }
   }

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from . import env, excepthook, rng, warmset
 from . import faults as faults_mod
+from . import limits
 from . import state as st
 from ._shim import check, ffi_lib
 from .data import check_resumable, epoch_iterator
@@ -37,7 +38,7 @@ def _rank_info() -> tuple[int, int, int]:
 
 def _attempt() -> int:
     # Under the supervisor JITC_ATTEMPT; under torchrun --max-restarts its restart count.
-    return env.get_int(env.ATTEMPT, env.get_int("TORCHELASTIC_RESTART_COUNT", 0))
+    return limits.attempt(default=env.get_int("TORCHELASTIC_RESTART_COUNT", 0))
 
 
 class Session:
@@ -62,6 +63,9 @@ class Session:
         self.checkfree_plus = bool(checkfree_plus)
         self._recorded: dict[str, Any] = {}
         self.periodic_every = periodic_every
+        # Malformed JITC_* values: one line and exit 2, before anything starts (the shim
+        # refuses the same values with the same words).
+        self.limits = limits.check_rank_env()
         self.attempt = _attempt()
         self.step = -1
         self._ffi, self._lib = ffi_lib()

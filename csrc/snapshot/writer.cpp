@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "config.h"
 #include "core.h"
 #include "snapshot/engine.h"
 #include "snapshot/header.h"
@@ -40,7 +41,7 @@ namespace {
 constexpr int kMaxThreads = 4;
 constexpr uint64_t kWriteChunk = 16ull << 20;   // bytes per write(): large, cache-friendly
 constexpr uint64_t kStageChunk = 64ull << 20;   // pinned staging buffer for CUDA tensors
-constexpr double kJoinGrace = 2.0;              // seconds past the deadline we still wait
+constexpr double kJoinGrace = limits::kSnapshotJoinGraceS;   // past the deadline we still wait
 
 using Clock = std::chrono::steady_clock;
 

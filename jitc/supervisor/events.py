@@ -63,6 +63,8 @@ def format_line(rec: dict[str, Any], t0: float) -> str:
             text += " (root cause)"
         elif rec.get("secondary"):
             text += " (secondary)"
+        elif rec.get("severity") == "recoverable":
+            text += " (recoverable: the job goes on)"
     elif ev == "snapshot_requested":
         text = (f"snapshot of step {rec.get('step')}: rank {rec.get('rank')} writes stripes "
                 f"{rec.get('stripes')} of {rec.get('nstripes')}")

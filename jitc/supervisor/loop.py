@@ -28,9 +28,9 @@ from ..errors import UsageError
 from ..faults import join_specs
 from ..tmpfiles import sweep
 from ..protocol import Message, Msg
-from .classify import HANG_KINDS, Failure, root_causes
+from .classify import Failure, root_causes
 from .events import EventLog
-from .options import HANG_BACKSTOP_MARGIN_S, Options, derived_hang_timeout
+from .options import Options
 from .policy import RestartPolicy
 from .process import Job, become_subreaper, child_setup, preload_env, reap_orphans
 from .recovery import Outcome, Recovery
@@ -142,6 +142,7 @@ class Supervisor:
         self.roots: list[Failure] = []
         self.last_started: int | None = None
         self.resumed_ranks: set[int] = set()
+        self.told_hang_s: dict[int, float] = {}   # rank -> its watchdog's timeout (PROGRESS)
         self.protected = self.resume is not None
         self.job_exited = False
 
@@ -208,8 +209,8 @@ class Supervisor:
         child_env[env.ATTEMPT] = str(self.attempt)
         if self.opts.injects:
             child_env[env.INJECT] = join_specs(list(self.opts.injects))
-        if self.opts.hang_timeout_s is not None:
-            child_env[env.HANG_TIMEOUT] = repr(self.opts.hang_timeout_s)
+        # The shim is told its limits (jitc/limits.py): the same values this supervisor uses.
+        child_env.update(self.opts.limits.to_env())
         if self.resume is not None:
             child_env[env.RESUME] = str(self.resume)
         elif self.attempt > 0:
@@ -329,6 +330,9 @@ class Supervisor:
             st = body.get("step_time")
             if isinstance(st, (int, float)) and st > 0:
                 info.step_times.append(float(st))
+            told = body.get("hang_timeout")
+            if isinstance(told, (int, float)) and told > 0:
+                self.told_hang_s[conn.rank] = float(told)
             self._started(body.get("step"))
         elif msg.type is Msg.FAILURE:
             self._started(body.get("step"))
@@ -382,6 +386,13 @@ class Supervisor:
 
     # -- failures --------------------------------------------------------------------------
     def _record(self, failure: Failure, now: float) -> None:
+        if not failure.fatal:
+            # Recoverable (jitc/failure_kinds.def): logged, and nothing stops or restarts.
+            self.events.emit("failure_detected", self.attempt, rank=failure.rank,
+                             step=failure.step, kind=failure.kind,
+                             phase=phase_name(failure.phase), severity=failure.severity.value,
+                             **failure.extra)
+            return
         if failure.rank is not None and failure.rank in self.ranks:
             self.ranks[failure.rank].failed = True
         self.failures.append(failure)
@@ -389,7 +400,7 @@ class Supervisor:
         # record itself says whether it is the root cause.
         rec = self.events.record(
             "failure_detected", self.attempt, rank=failure.rank, step=failure.step,
-            kind=failure.kind, phase=phase_name(failure.phase),
+            kind=failure.kind, phase=phase_name(failure.phase), severity=failure.severity.value,
             progress=list(failure.progress) if failure.progress is not None else None,
             secondary=True if failure.secondary else None, **failure.extra)
         self.failure_records[id(failure)] = rec
@@ -406,8 +417,11 @@ class Supervisor:
         for info in self.ranks.values():
             if not info.connected or info.goodbye or info.step is None:
                 continue
-            timeout = self.opts.hang_timeout_s or derived_hang_timeout(list(info.step_times))
-            if timeout is not None and now - info.last_change > timeout + HANG_BACKSTOP_MARGIN_S:
+            # The rank's own deadline as its watchdog told it, else the same rule on the
+            # step times seen here (a rank that never said): the backstop fires after it.
+            timeout = self.told_hang_s.get(info.rank) or self.opts.limits.hang_timeout(
+                list(info.step_times))
+            if now - info.last_change > self.opts.limits.backstop_s(timeout):
                 stalled.append((info, timeout))
         if not stalled:
             return
@@ -437,13 +451,14 @@ class Supervisor:
                 rec["root_cause"] = True
             self.events.write(rec)
         excluded = {f.rank for f in self.roots if f.rank is not None}
-        excluded |= {f.rank for f in self.failures
-                     if f.rank is not None and not f.secondary and f.kind not in HANG_KINDS}
+        # The table's `state` column: a rank whose own code, device or process failed
+        # never writes, even when it is not the root cause.
+        excluded |= {f.rank for f in self.failures if f.rank is not None and not f.trusted}
         self.recovery = Recovery(
             root=self.opts.snapshot_root, attempt=self.attempt, ranks=self.ranks,
             excluded=excluded, protected=self.protected, events=self.events,
             send=self._send, query_timeout_s=self.opts.query_timeout_s,
-            snapshot_timeout_s=self.opts.snapshot_timeout_s, clock=self.clock)
+            snapshot_timeout_s=self.opts.snapshot_wait_s, clock=self.clock)
         self._goto(State.RECOVERING)
         self.recovery.start(now)
 

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+from jitc.limits import sigterm_hold_s
 from jitc.protocol import Msg
 
 from .conftest import spawn
@@ -87,7 +88,7 @@ def test_sigterm_held_until_snapshot_written(supervisor, tmp_path: Path) -> None
     # torchrun SIGTERMs survivors before the supervisor's SNAPSHOT arrives: the rank must
     # hold the signal, write its stripe, and only then die by SIGTERM.
     child = spawn(INIT + REGISTER + "lib.jitc_step_begin(5)\nprint('ready', flush=True)\ntime.sleep(30)\n",
-                  {"JITC_SOCKET": supervisor.path})
+                  {"JITC_SOCKET": supervisor.path, "JITC_DIR": str(tmp_path)})
     supervisor.accept()
     supervisor.expect(Msg.HELLO)
     assert child.stdout.readline().strip() == "ready"
@@ -119,16 +120,19 @@ def test_sigterm_after_release_is_not_held(supervisor) -> None:
 
 
 def test_sigterm_held_at_most_the_bound_without_command(supervisor) -> None:
-    # No SNAPSHOT and no RELEASE ever come: the rank still dies by SIGTERM, after the bound
-    # (limits::kSigtermAwaitCommandS = 10 s), not before and not never.
-    child = spawn(INIT + "print('ready', flush=True)\ntime.sleep(60)\n", {"JITC_SOCKET": supervisor.path})
+    # No SNAPSHOT and no RELEASE ever come: the rank still dies by SIGTERM, after the hold
+    # derived from the grace it was told (jitc/limits.py sigterm_hold_s: 2 s -> 1 s), not
+    # before, not never, and before the SIGKILL the grace would bring.
+    grace = 2.0
+    child = spawn(INIT + "print('ready', flush=True)\ntime.sleep(60)\n",
+                  {"JITC_SOCKET": supervisor.path, "JITC_GRACE": str(grace)})
     supervisor.accept()
     assert child.stdout.readline().strip() == "ready"
     t0 = time.monotonic()
     child.send_signal(signal.SIGTERM)
     child.wait(timeout=20)
     held = time.monotonic() - t0
-    assert 9.5 <= held <= 12.0, held
+    assert sigterm_hold_s(grace) <= held < grace, held
     assert child.returncode == -signal.SIGTERM
 
 

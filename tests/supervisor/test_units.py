@@ -7,7 +7,8 @@ import pytest
 
 from jitc.errors import UsageError
 from jitc.supervisor.classify import Failure, root_causes
-from jitc.supervisor.options import HANG_FLOOR_S, Options, derived_hang_timeout
+from jitc.limits import HANG_FLOOR_S, HANG_INITIAL_S, hang_timeout
+from jitc.supervisor.options import Options
 from jitc.supervisor.policy import RestartPolicy
 from jitc.supervisor.process import preload_env
 
@@ -47,9 +48,9 @@ def test_options_relations(tmp_path):
 
 
 def test_derived_hang_timeout():
-    assert derived_hang_timeout([]) is None
-    assert derived_hang_timeout([0.1] * 100) == HANG_FLOOR_S
-    assert derived_hang_timeout([1.0] * 98 + [30.0] * 2) == 150.0
+    assert hang_timeout([]) == hang_timeout([1.0, 1.0]) == HANG_INITIAL_S
+    assert hang_timeout([0.1] * 100) == HANG_FLOOR_S
+    assert hang_timeout([1.0] * 90 + [30.0] * 10) == 150.0     # nearest-rank p95 of the last 64
 
 
 def test_policy_and_preload():
