@@ -2,7 +2,8 @@
 
 Parameters, buffers and optimizer state are copied into the user's own tensors (devices
 kept); optimizer state that does not exist yet (Adam creates it lazily) is created from the
-snapshot. Hyper-parameters, scheduler and user extras come from the pickled meta record.
+snapshot. Hyper-parameters, scheduler and user extras come from the meta record (plain
+data, jitc/snapshot/meta.py).
 RNG streams need nothing: they are a function of (seed, rank, step) (see rng.py).
 
 Pipelines: with several stages the supervisor's snapshot is one complete snapshot per
@@ -15,7 +16,6 @@ the recorded factor (checkfree/lr.py).
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import torch
@@ -38,10 +38,10 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1):
     """(manifest path, loaded snapshot) to resume from, or (None, None): JITC_RESUME (supervisor), else in shim-only mode the
     newest complete snapshot under JITC_DIR. A corrupt JITC_RESUME falls back to the newest
     older complete snapshot; if there is none, that is an error, never a fresh start."""
-    from .snapshot import latest_complete, load
+    from .snapshot import load, load_latest
     named = env.get(env.RESUME)
     root = env.get(env.DIR)
-    path = None
+    snap = None
     if named:
         named = stage_manifest(Path(named), stage, num_stages)
         try:
@@ -49,18 +49,18 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1):
         except CorruptSnapshotError as e:
             log.error("jitc: %s; looking for an older complete snapshot", e)
             # With several stages the newest snapshot under root may be another stage's.
-            path = latest_complete(Path(root)) if root and num_stages <= 1 else None
-            if path is None:
+            snap = load_latest(Path(root)) if root and num_stages <= 1 else None
+            if snap is None:
                 raise NoSnapshotError(f"cannot resume: {e}, and no older complete snapshot") from e
     elif not supervised and root and Path(root).is_dir():
         from .tmpfiles import sweep
         sweep(root)   # shim-only: the ranks own JITC_DIR; a killed writer's temporaries go
-        path = latest_complete(Path(root))
-        if path is not None and num_stages > 1:
-            raise NoSnapshotError(f"{path}: shim-only resume of a pipeline (several stages) "
-                                  "is not supported: run it under `jitc supervise`")
-    # latest_complete verified it already; load it again only to map the tensors.
-    return (path, load(path, verify=False)) if path is not None else (None, None)
+        # Newest first; one that does not verify, parse or load is skipped (and logged).
+        snap = load_latest(Path(root))
+        if snap is not None and num_stages > 1:
+            raise NoSnapshotError(f"{snap.path}: shim-only resume of a pipeline (several "
+                                  "stages) is not supported: run it under `jitc supervise`")
+    return (snap.path, snap) if snap is not None else (None, None)
 
 
 def restore(session) -> tuple[int, Path | None]:
@@ -69,7 +69,7 @@ def restore(session) -> tuple[int, Path | None]:
     if path is None:
         return 0, None
     _check_same_model(session, snap, path)
-    meta = pickle.loads(snap.meta) if snap.meta else {}
+    meta = snap.state          # decoded by the loader (snapshot/meta.py: never a pickle)
     _check_same_stage(session, meta, path)
     rebuilt = meta.get("rebuilt")
     with torch.no_grad():

@@ -7,7 +7,6 @@ beyond ``protect`` and ``steps``/``batches``.
 """
 from __future__ import annotations
 
-import pickle
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -23,6 +22,7 @@ from ._shim import check, ffi_lib
 from .data import check_resumable, epoch_iterator
 from .errors import CorruptSnapshotError, JitcError
 from .resume import restore
+from .snapshot import meta as meta_record
 
 PHASE = {"idle": 0, "forward": 1, "backward": 2, "optimizer": 3}
 OPTIMIZER_WAIT_S = 600.0     # how long optimizer.step() waits for a running snapshot
@@ -63,6 +63,10 @@ class Session:
         self.checkfree_plus = bool(checkfree_plus)
         self._recorded: dict[str, Any] = {}
         self.periodic_every = periodic_every
+        # State the meta record cannot hold fails now, in one line naming it (MetaError),
+        # not at recovery time; and before the shim starts anything.
+        self._has_scalar_state = bool(st.optimizer_scalars(self.optimizer)["per_param"])
+        self._meta(0)
         # Malformed JITC_* values: one line and exit 2, before anything starts (the shim
         # refuses the same values with the same words).
         self.limits = limits.check_rank_env()
@@ -136,7 +140,8 @@ class Session:
             # float() here, at the step boundary, not inside the step: a GPU norm is read
             # back once per step, after the optimizer step was queued.
             meta["record"] = {k: float(v) for k, v in self._recorded.items()}
-        return pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)
+        # Plain data only, never a pickle: a snapshot found on disk must not run code.
+        return meta_record.encode(meta)
 
     def record(self, **values: float | torch.Tensor) -> None:
         """Small per-step numbers (e.g. ``grad_norm=``) stored with this step's state.

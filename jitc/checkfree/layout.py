@@ -67,7 +67,7 @@ def read_layout(root: str | os.PathLike, stage: int) -> StageLayout:
     except FileNotFoundError:
         raise RecoveryError(f"{path}: no layout record for stage {stage} "
                             "(the stage never started protect())") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise RecoveryError(f"{path}: unreadable stage layout ({e})") from None
 
 
@@ -80,6 +80,6 @@ def any_checkfree_plus(root: str | os.PathLike) -> bool:
         try:
             if json.loads(p.read_text(encoding="utf-8")).get("checkfree_plus"):
                 return True
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             continue
     return False

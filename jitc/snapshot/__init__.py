@@ -4,9 +4,9 @@ snapshot without the GIL; everything here runs in the supervisor, in `jitc inspe
 `protect()` when resuming.
 """
 from .inspect import inspect_main
-from .loader import LoadedSnapshot, check_compatible, latest_complete, load
+from .loader import LoadedSnapshot, check_compatible, latest_complete, load, load_latest
 from .manifest import publish
 from .verify import verify_manifest
 
-__all__ = ["publish", "latest_complete", "load", "inspect_main", "LoadedSnapshot",
-           "check_compatible", "verify_manifest"]
+__all__ = ["publish", "latest_complete", "load", "load_latest", "inspect_main",
+           "LoadedSnapshot", "check_compatible", "verify_manifest"]

@@ -79,7 +79,7 @@ def read_header(path: Path) -> StripeHeader:
         raise _bad(path, f"cannot read ({e.strerror})") from None
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:   # not UTF-8, not JSON, an absurd number
         raise _bad(path, f"header is not JSON ({e})") from None
     if not isinstance(obj, dict):
         raise _bad(path, "header is not a JSON object")
@@ -105,13 +105,13 @@ def _tensor_info(path: Path, key: str, info: object) -> TensorInfo:
     if not isinstance(info, dict):
         raise _bad(path, f"entry {key!r} is not an object")
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES:
-        raise _bad(path, f"tensor {key!r}: unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise _bad(path, f"tensor {key!r}: unknown dtype {str(dtype)[:40]!r}")
     if (not isinstance(shape, list)
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
         raise _bad(path, f"tensor {key!r}: bad shape {shape!r}")
     if (not isinstance(offs, list) or len(offs) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offs) or offs[1] < offs[0]):
+            or not all(type(o) is int and o >= 0 for o in offs) or offs[1] < offs[0]):
         raise _bad(path, f"tensor {key!r}: bad data_offsets {offs!r}")
     numel = 1
     for s in shape:
@@ -127,6 +127,6 @@ def split_key(key: str) -> tuple[str, int | None, int | None]:
     if not at:
         return key, None, None
     start, colon, end = rng.partition(":")
-    if not colon or not start.isdigit() or not end.isdigit():
+    if not colon or not (start + end).isascii() or not start.isdigit() or not end.isdigit():
         return key, None, None
     return name, int(start), int(end)

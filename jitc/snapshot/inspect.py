@@ -1,20 +1,24 @@
 """`jitc inspect DIR`: what a snapshot holds, and whether it can be trusted.
 
-Prints the step, the layout (stripe files and sizes), every tensor with dtype, shape and
-bytes, and the meta size; then verifies every checksum. The exit code is the verdict, so
-scripts can gate on it: 0 valid, 1 invalid (one line on stderr naming the file), 2 not
-found.
+Verifies the snapshot first, exactly as resume does (verify.py: manifest digest, every
+file's size and CRC32C, the index against the stripe headers, the meta record), then
+prints the step, the layout (stripe files and sizes), every tensor with dtype, shape and
+bytes, and the meta size. It only reads: a complete but unpublished snapshot is checked
+against a manifest built in memory, nothing is written into the directory. The exit code
+is the verdict, so scripts can gate on it: 0 valid, 1 invalid (one line on stderr naming
+the file and what is wrong), 2 not found.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from ..errors import JitcError
 from .format import DTYPES
-from .manifest import MANIFEST, complete_set, publish
-from .verify import read_manifest, verify_manifest
+from .manifest import MANIFEST, build_manifest, complete_set
+from .verify import verify_files, verify_manifest
 
 VALID, INVALID, NOT_FOUND = 0, 1, 2
 
@@ -32,48 +36,46 @@ def inspect_main(path: str | Path, out: TextIO | None = None, err: TextIO | None
     err = err or sys.stderr
     path = Path(path)
     manifest = path if path.name == MANIFEST else path / MANIFEST
-    if not manifest.parent.is_dir():
-        print(f"jitc inspect: {manifest.parent}: no such snapshot directory", file=err)
+    snap_dir = manifest.parent
+    if not snap_dir.is_dir():
+        print(f"jitc inspect: {snap_dir}: no such snapshot directory", file=err)
         return NOT_FOUND
-    if not manifest.exists():
-        if complete_set(manifest.parent) is None:
-            print(f"jitc inspect: {manifest}: manifest missing and no complete stripe set "
-                  "(not a snapshot, or an incomplete one)", file=err)
-            return NOT_FOUND if not any(manifest.parent.glob("stripe-*")) else INVALID
-        try:
-            # Complete but unpublished (shim-only mode): publishing is idempotent and safe.
-            publish(manifest.parent)
-        except JitcError as e:
-            print(f"jitc inspect: {e}", file=err)
-            return INVALID
     try:
-        m = read_manifest(manifest)
-    except JitcError as e:
-        print(f"jitc inspect: {e}", file=err)
+        if manifest.exists():
+            m, how = verify_manifest(manifest), "published"
+        else:
+            if complete_set(snap_dir) is None:
+                print(f"jitc inspect: {manifest}: manifest missing and no complete stripe set "
+                      "(not a snapshot, or an incomplete one)", file=err)
+                return NOT_FOUND if not any(snap_dir.glob("stripe-*")) else INVALID
+            # Complete but unpublished (shim-only mode): verified as the manifest that
+            # publishing would write, built in memory. Inspecting never writes.
+            m = build_manifest(snap_dir)
+            verify_files(snap_dir, m)
+            how = "not published (manifest built in memory)"
+    except (JitcError, OSError) as e:
+        print(f"jitc inspect: INVALID: {e}", file=err)
+        print(f"snapshot {snap_dir}\n  INVALID", file=out)
         return INVALID
-    print(f"snapshot {manifest.parent}", file=out)
-    print(f"  step {m['step']}  fingerprint {m['fingerprint']}  stripes {m.get('nstripes')}"
+    _listing(snap_dir, m, how, out)
+    print("  checksums: OK", file=out)
+    return VALID
+
+
+def _listing(snap_dir: Path, m: dict, how: str, out: TextIO) -> None:
+    """What a verified snapshot holds (its manifest equals what its stripes describe)."""
+    print(f"snapshot {snap_dir}  ({how})", file=out)
+    print(f"  step {m['step']}  fingerprint {m['fingerprint']}  stripes {m['nstripes']}"
           f"  world_size {m.get('world_size')}", file=out)
     for name, info in m["files"].items():
         print(f"  file {name}  {info['bytes']} bytes ({_human(info['bytes'])})"
               f"  crc32c {info['crc32c']:#010x}", file=out)
     total = 0
     for name, t in m["tensors"].items():
-        n = 1
-        for s in t["shape"]:
-            n *= s
-        nbytes = n * DTYPES[t["dtype"]][1]
+        nbytes = math.prod(t["shape"]) * DTYPES[t["dtype"]][1]
         total += nbytes
         pieces = f"  [{len(t['chunks'])} pieces]" if len(t["chunks"]) > 1 else ""
         print(f"  tensor {name}  {t['dtype']}  {list(t['shape'])}  {nbytes} bytes{pieces}",
               file=out)
     print(f"  {len(m['tensors'])} tensors, {total} bytes ({_human(total)});"
           f" meta {m['meta']['bytes']} bytes", file=out)
-    try:
-        verify_manifest(manifest)
-    except JitcError as e:
-        print(f"jitc inspect: INVALID: {e}", file=err)
-        print("  checksums: INVALID", file=out)
-        return INVALID
-    print("  checksums: OK", file=out)
-    return VALID

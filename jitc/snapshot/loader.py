@@ -1,26 +1,28 @@
 """Loading a snapshot, and choosing which one to load.
 
-``load`` never returns anything it has not verified (invariant I2): manifest schema,
-every file's size and CRC32C, headers against the index; then tensors are read with the
-``safetensors`` package and pieces of split tensors are put back together.
-``latest_complete`` picks the newest snapshot under a root that passes that check,
-skipping (and logging) corrupt ones, so a damaged newest snapshot falls back to an older
-good one rather than stopping the job or, worse, loading garbage.
+``load`` never returns anything it has not verified (invariant I2, verify.py): manifest
+digest and schema, every file's size and CRC32C, the index against the headers, the meta
+record; then tensors are read with the ``safetensors`` package and pieces of split
+tensors are put back together. ``latest_complete`` and ``load_latest`` pick the newest
+snapshot under a root that passes that check, skipping (and logging) any that does not,
+so a damaged newest snapshot falls back to an older good one rather than stopping the job
+or, worse, loading garbage.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
-from ..errors import CorruptSnapshotError, JitcError
+from ..errors import CorruptSnapshotError
 from .format import DTYPES
 from .manifest import MANIFEST, complete_set, publish
+from .meta import decode_state
 from .verify import read_manifest, verify_manifest
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,15 @@ log = logging.getLogger(__name__)
 class LoadedSnapshot:
     step: int
     tensors: dict[str, torch.Tensor]   # CPU, original shapes, registration order
-    meta: bytes
+    meta: bytes                         # the meta record as stored
     manifest: dict[str, Any]
     path: Path                          # the manifest
+    state: dict[str, Any] = field(default_factory=dict)   # the meta record, decoded (meta.py)
 
 
 def load(manifest_path: str | Path, verify: bool = True) -> LoadedSnapshot:
+    """The snapshot's tensors and state, verified first (``verify=False``: only for a
+    manifest just verified). CorruptSnapshotError for anything wrong, never another error."""
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / MANIFEST
@@ -44,9 +49,9 @@ def load(manifest_path: str | Path, verify: bool = True) -> LoadedSnapshot:
     handles: dict[str, Any] = {}
 
     def get(fname: str, key: str) -> torch.Tensor:
-        if fname not in handles:
-            handles[fname] = safe_open(str(root / fname), framework="pt", device="cpu")
         try:
+            if fname not in handles:
+                handles[fname] = safe_open(str(root / fname), framework="pt", device="cpu")
             return handles[fname].get_tensor(key)
         except Exception as e:   # safetensors raises its own error types
             raise CorruptSnapshotError(f"{root / fname}: cannot read {key!r} ({e})") from None
@@ -63,10 +68,10 @@ def load(manifest_path: str | Path, verify: bool = True) -> LoadedSnapshot:
             raise CorruptSnapshotError(f"{root}: tensor {name!r} is {value.dtype} "
                                        f"{tuple(value.shape)}, manifest says {t['dtype']} {shape}")
         tensors[name] = value
-    meta_t = get(m["meta"]["file"], m["meta"]["key"])
-    meta = meta_t.numpy().tobytes()
+    meta = get(m["meta"]["file"], m["meta"]["key"]).numpy().tobytes()
+    state = decode_state(meta, str(root / m["meta"]["file"]))
     return LoadedSnapshot(step=m["step"], tensors=tensors, meta=meta, manifest=m,
-                          path=manifest_path)
+                          path=manifest_path, state=state)
 
 
 def check_compatible(loaded: LoadedSnapshot,
@@ -97,7 +102,7 @@ def _candidate_step(snap_dir: Path) -> tuple[int, float] | None:
             step = json.loads(manifest.read_text(encoding="utf-8")).get("step")
             if isinstance(step, int):
                 return step, manifest.stat().st_mtime
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass
     # No (readable) manifest: order by the completion records. A garbled manifest stays a
     # candidate so that verification names the problem in the log instead of hiding it.
@@ -111,30 +116,44 @@ def _candidate_step(snap_dir: Path) -> tuple[int, float] | None:
     return (-1, 0.0) if has_manifest else None
 
 
-def latest_complete(root: str | Path) -> Path | None:
-    """Manifest of the newest snapshot under root that verifies, or None.
-
-    A directory with every stripe's completion record but no manifest (shim-only mode: the
-    rank that wrote it exited) is published here on the spot. Corrupt snapshots are
-    skipped with a warning naming the file."""
-    root = Path(root)
+def _candidates(root: Path) -> list[Path]:
+    """Snapshot directories under root, newest first (by the step they claim)."""
     if not root.is_dir():
-        return None
+        return []
     cands = []
     for d in root.glob("snap-*"):
         if d.is_dir():
             key = _candidate_step(d)
             if key is not None:
                 cands.append((key, d))
-    for _, d in sorted(cands, key=lambda c: c[0], reverse=True):
+    return [d for _, d in sorted(cands, key=lambda c: c[0], reverse=True)]
+
+
+def _first_usable(root: Path, use):
+    """``use(manifest)`` of the newest candidate for which it succeeds, or None.
+
+    A directory with every stripe's completion record but no manifest (shim-only mode: the
+    rank that wrote it exited) is published here on the spot. Any verification or parse
+    failure makes a candidate not usable: skipped with a warning naming the file."""
+    for d in _candidates(Path(root)):
         try:
             manifest = d / MANIFEST
             if not manifest.is_file():
                 manifest = publish(d)
-            verify_manifest(manifest)
-            return manifest
-        except JitcError as e:
-            log.warning("skipping snapshot %s: %s", d, e)
-        except OSError as e:
+            return use(manifest)
+        except (CorruptSnapshotError, OSError) as e:   # a ShimError is not the snapshot's
             log.warning("skipping snapshot %s: %s", d, e)
     return None
+
+
+def latest_complete(root: str | Path) -> Path | None:
+    """Manifest of the newest snapshot under root that verifies, or None."""
+    def verified(manifest: Path) -> Path:
+        verify_manifest(manifest)
+        return manifest
+    return _first_usable(Path(root), verified)
+
+
+def load_latest(root: str | Path) -> LoadedSnapshot | None:
+    """The newest snapshot under root that verifies and loads (one pass), or None."""
+    return _first_usable(Path(root), load)

@@ -9,6 +9,7 @@ its own temporary file and the renames replace one complete manifest by another.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptSnapshotError
-from .format import FORMAT, META_KEY, read_header, split_key
+from .format import FORMAT, META_KEY, StripeHeader, read_header, split_key
 
 MANIFEST = "manifest.json"
+DIGEST = "digest"
 _DONE_RE = re.compile(r"^stripe-(\d+)-of-(\d+)\.done$")
 
 
@@ -37,9 +39,11 @@ def read_done_records(snap_dir: Path) -> dict[int, dict[int, dict[str, Any]]]:
         if not match:
             continue
         j, k = int(match.group(1)), int(match.group(2))
+        if not 0 <= j < k:
+            continue
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):   # ValueError: not UTF-8, not JSON
             continue
         if isinstance(rec, dict) and rec.get("stripe") == j and rec.get("nstripes") == k:
             out.setdefault(k, {})[j] = rec
@@ -56,36 +60,84 @@ def complete_set(snap_dir: Path) -> tuple[int, list[dict[str, Any]]] | None:
 
 
 def build_manifest(snap_dir: Path, *, world_size: int | None = None) -> dict[str, Any]:
-    """Manifest for the complete stripe set in snap_dir; CorruptSnapshotError if none."""
+    """Manifest for the complete stripe set in snap_dir; CorruptSnapshotError if none.
+    Reads the completion records and the stripe headers; builds the manifest in memory."""
     snap_dir = Path(snap_dir)
     found = complete_set(snap_dir)
     if found is None:
         raise CorruptSnapshotError(f"{snap_dir}: no complete set of stripes (.done records)")
     k, recs = found
     step, fingerprint = recs[0].get("step"), recs[0].get("fingerprint")
+    if not (_is_int(step) and step >= 0 and isinstance(fingerprint, str)):
+        raise CorruptSnapshotError(f"{snap_dir / _done_name(0, k)}: bad step or fingerprint")
     files: dict[str, dict[str, int]] = {}
-    tensors: dict[str, dict[str, Any]] = {}
-    meta = None
+    headers = []
     for j, rec in enumerate(recs):
         name = stripe_name(j, k)
         path = snap_dir / name
         if rec.get("step") != step or rec.get("fingerprint") != fingerprint:
             raise CorruptSnapshotError(
-                f"{path.with_suffix('.done')}: step/fingerprint differ from stripe 0's")
+                f"{snap_dir / _done_name(j, k)}: step/fingerprint differ from stripe 0's")
+        crc, nbytes = rec.get("crc32c"), rec.get("bytes")
+        if not (_is_int(crc) and 0 <= crc < 2**32 and _is_int(nbytes)):
+            raise CorruptSnapshotError(f"{snap_dir / _done_name(j, k)}: bad bytes/crc32c")
         if not path.is_file():
             raise CorruptSnapshotError(f"{path}: stripe file missing")
         hdr = read_header(path)
-        if hdr.file_size != rec.get("bytes"):
+        if hdr.file_size != nbytes:
             raise CorruptSnapshotError(
-                f"{path}: {hdr.file_size} bytes, completion record says {rec.get('bytes')}")
-        md = hdr.metadata
-        if (md.get("step"), md.get("fingerprint"), md.get("stripe"), md.get("nstripes")) != (
-                str(step), fingerprint, str(j), str(k)):
-            raise CorruptSnapshotError(f"{path}: header metadata disagrees with its record")
-        files[name] = {"bytes": hdr.file_size, "crc32c": int(rec["crc32c"])}
-        shapes = json.loads(md.get("shapes", "{}"))
+                f"{path}: {hdr.file_size} bytes, completion record says {nbytes}")
+        check_stripe_metadata(hdr, step, fingerprint, j, k)
+        files[name] = {"bytes": hdr.file_size, "crc32c": crc}
+        headers.append(hdr)
+    tensors, meta = index_of(headers, k)
+    m = {
+        "format": FORMAT, "id": snap_dir.name, "step": step, "created": time.time(),
+        "world_size": world_size, "fingerprint": fingerprint, "nstripes": k,
+        "files": files, "tensors": tensors, "meta": meta,
+        # RNG states are registered state (tensors or meta) like everything else.
+        "rng": "registered",
+    }
+    m[DIGEST] = manifest_digest(m)
+    return m
+
+
+def manifest_digest(m: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON (sorted keys, no spaces), digest left out.
+
+    It catches any change to the manifest, also to what the stripes cannot vouch for
+    (file sizes and CRCs, created, world_size). It is not authentication: whoever can
+    write the directory can recompute it (files are private to the user: private.py).
+    ValueError/RecursionError for a manifest that is not plain JSON (NaN, too deep)."""
+    body = {k: v for k, v in m.items() if k != DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def check_stripe_metadata(hdr: StripeHeader, step: int, fingerprint: str, j: int, k: int) -> None:
+    """A stripe's ``__metadata__`` must name this snapshot and this stripe."""
+    md = hdr.metadata
+    want = {"format": FORMAT, "step": str(step), "fingerprint": fingerprint,
+            "stripe": str(j), "nstripes": str(k)}
+    for key, value in want.items():
+        if md.get(key) != value:
+            raise CorruptSnapshotError(f"{hdr.path}: header says {key} {md.get(key)!r}, "
+                                       f"expected {value!r}")
+
+
+def index_of(headers: list[StripeHeader], k: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensor index, meta entry) that stripe headers 0..k-1 describe: each tensor once,
+    its pieces 1-D and covering it exactly. The manifest's index is this, and verify.py
+    checks a manifest by recomputing it. CorruptSnapshotError naming the file otherwise."""
+    tensors: dict[str, dict[str, Any]] = {}
+    meta = None
+    for j, hdr in enumerate(headers):
+        name, path = stripe_name(j, k), hdr.path
+        shapes = _full_shapes(hdr)
         for key, info in hdr.tensors.items():
             if key == META_KEY:
+                if info.dtype != "U8" or len(info.shape) != 1:
+                    raise CorruptSnapshotError(f"{path}: meta blob is {info.dtype} {info.shape}")
                 if meta is None:
                     meta = {"file": name, "key": key, "bytes": info.end - info.begin}
                 continue
@@ -96,6 +148,9 @@ def build_manifest(snap_dir: Path, *, world_size: int | None = None) -> dict[str
                 shape = shapes.get(tname)
                 if shape is None:
                     raise CorruptSnapshotError(f"{path}: no full shape for piece {key!r}")
+                if not (start < end <= _numel(shape) and info.shape == (end - start,)):
+                    raise CorruptSnapshotError(f"{path}: piece {key!r} has shape "
+                                               f"{list(info.shape)} (of {shape})")
             t = tensors.setdefault(tname, {"dtype": info.dtype, "shape": shape, "chunks": []})
             if t["dtype"] != info.dtype or t["shape"] != shape:
                 raise CorruptSnapshotError(f"{path}: {key!r} disagrees with other pieces")
@@ -104,20 +159,27 @@ def build_manifest(snap_dir: Path, *, world_size: int | None = None) -> dict[str
         pos = 0
         for _, key, start, end in sorted(t["chunks"], key=lambda c: c[2]):
             if start != pos:
-                raise CorruptSnapshotError(f"{snap_dir}: tensor {tname!r} has a gap or overlap "
-                                           f"at element {pos}")
+                raise CorruptSnapshotError(f"tensor {tname!r} has a gap or overlap at "
+                                           f"element {pos} ({headers[0].path.parent})")
             pos = end
         if pos != _numel(t["shape"]):
-            raise CorruptSnapshotError(f"{snap_dir}: tensor {tname!r} incomplete")
+            raise CorruptSnapshotError(f"tensor {tname!r} incomplete ({headers[0].path.parent})")
     if meta is None:
-        raise CorruptSnapshotError(f"{snap_dir}: no meta blob in any stripe")
-    return {
-        "format": FORMAT, "id": snap_dir.name, "step": step, "created": time.time(),
-        "world_size": world_size, "fingerprint": fingerprint, "nstripes": k,
-        "files": files, "tensors": tensors, "meta": meta,
-        # RNG states are registered state (tensors or meta) like everything else.
-        "rng": "registered",
-    }
+        raise CorruptSnapshotError(f"{headers[0].path.parent}: no meta blob in any stripe")
+    return tensors, meta
+
+
+def _full_shapes(hdr: StripeHeader) -> dict[str, list[int]]:
+    """The ``shapes`` metadata: full shape of each tensor this stripe holds a piece of."""
+    try:
+        shapes = json.loads(hdr.metadata.get("shapes", "{}"))
+    except (ValueError, RecursionError):
+        raise CorruptSnapshotError(f"{hdr.path}: header metadata 'shapes' is not JSON") from None
+    if not (isinstance(shapes, dict) and all(
+            isinstance(v, list) and all(_is_int(s) and s >= 0 for s in v)
+            for v in shapes.values())):
+        raise CorruptSnapshotError(f"{hdr.path}: header metadata 'shapes' is malformed")
+    return shapes
 
 
 def _numel(shape) -> int:
@@ -125,6 +187,14 @@ def _numel(shape) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def _is_int(x: object) -> bool:
+    return type(x) is int
+
+
+def _done_name(j: int, k: int) -> str:
+    return f"stripe-{j}-of-{k}.done"
 
 
 def publish(snap_dir: str | os.PathLike, *, world_size: int | None = None) -> Path:
@@ -138,9 +208,10 @@ def publish(snap_dir: str | os.PathLike, *, world_size: int | None = None) -> Pa
     try:
         old = json.loads(target.read_text(encoding="utf-8"))
         if (isinstance(old, dict) and old.get("step") == manifest["step"]
-                and old.get("files") == manifest["files"]):
+                and old.get("files") == manifest["files"]
+                and old.get(DIGEST) == manifest_digest(old)):
             return target
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
     tmp = snap_dir / f".{MANIFEST}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:

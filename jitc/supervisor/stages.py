@@ -24,7 +24,6 @@ torch comes in with jitc.checkfree and jitc.snapshot: they are imported on first
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,7 +83,7 @@ def _neighbour(base: Path, root: Path, stage: int):
     from ..checkfree.layout import read_layout
     from ..snapshot import load
     snap = load(base / f"shard-{stage}" / MANIFEST, verify=True)
-    meta = pickle.loads(snap.meta) if snap.meta else {}
+    meta = snap.state          # decoded by the loader (snapshot/meta.py: never a pickle)
     order = [n for n, _, _ in read_layout(root, stage).tensors]
     missing = [n for n in order if n not in snap.tensors]
     if missing:
@@ -104,7 +103,8 @@ def _rebuilt_meta(source_meta: dict, layout: "StageLayout", action: "StageAction
             "rebuilt": {"method": METHOD[action.action.value], "sources": list(action.sources),
                         "weights": list(result.weights), "norms": list(result.norms),
                         "lr_factor": DEFAULT_LR_FACTOR}}
-    return pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)
+    from ..snapshot.meta import encode
+    return encode(meta)
 
 
 def rebuild_stage(action: "StageAction", base: Path, root: Path, step: int,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -62,7 +61,7 @@ def supervise(tmp: Path, name: str, *args: str, inject: str | None = None, nproc
 
 
 def _meta(manifest: str | Path) -> dict:
-    return pickle.loads(load(manifest).meta)
+    return load(manifest).state
 
 
 def test_intermediate_stage_rebuilt_by_checkfree(tmp_path):

@@ -1,8 +1,6 @@
 """The supervisor side of CheckFree without processes: plan, rebuild, write, resume."""
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 
@@ -16,6 +14,7 @@ from jitc.checkfree.writer import write_snapshot
 from jitc.errors import RecoveryError
 from jitc.snapshot import load
 from jitc.snapshot.inspect import inspect_main
+from jitc.snapshot.meta import encode
 from jitc.supervisor.stages import latest_complete_stages, plan_stages, rebuild_stage
 
 CFG = L.Config(dim=16, hidden=32, seq=8)
@@ -87,10 +86,10 @@ def test_copy_needs_alike_stages():
 
 def test_written_snapshot_verifies_and_loads(tmp_path):
     tensors = stage_state(2)
-    manifest = write_snapshot(tmp_path / "s", 7, tensors, b"meta-bytes")
+    manifest = write_snapshot(tmp_path / "s", 7, tensors, encode({"completed": 7}))
     assert inspect_main(manifest.parent, out=open("/dev/null", "w")) == 0
     snap = load(manifest)
-    assert snap.step == 7 and snap.meta == b"meta-bytes"
+    assert snap.step == 7 and snap.state == {"completed": 7}
     assert all(torch.equal(snap.tensors[k], v) for k, v in tensors.items())
     (manifest.parent / "stripe-0-of-1.safetensors").open("r+b").write(b"\x00" * 9)
     assert inspect_main(manifest.parent, out=open("/dev/null", "w"),
@@ -109,7 +108,7 @@ class _Session:
 
 
 def _meta(stage: int, opt, sched, norm: float) -> bytes:
-    return pickle.dumps({
+    return encode({
         "completed": 3, "seed": 0, "extra": {}, "record": {"grad_norm": norm},
         "optim": {"param_groups": [{k: v for k, v in g.items() if k != "params"}
                                    for g in opt.param_groups], "per_param": {}},
@@ -158,8 +157,8 @@ def test_rebuilt_stage_resumes_with_fresh_optimizer_and_boosted_lr(tmp_path, mon
 
 def test_periodic_snapshots_of_every_stage_are_assembled_for_resume(tmp_path):
     for s in range(2):
-        write_snapshot(tmp_path / f"snap-p0-s4-shard{s}", 4, stage_state(s, 2), b"m")
-    write_snapshot(tmp_path / "snap-p0-s6-shard0", 6, stage_state(0, 2), b"m")   # stage 1 missing
+        write_snapshot(tmp_path / f"snap-p0-s4-shard{s}", 4, stage_state(s, 2), encode({}))
+    write_snapshot(tmp_path / "snap-p0-s6-shard0", 6, stage_state(0, 2), encode({}))   # stage 1 missing
     manifest = latest_complete_stages(tmp_path, 2)
     assert manifest is not None and manifest.parent.name == "shard-0"
     assert load(manifest).step == 4

@@ -4,11 +4,17 @@ raw uint16 bits. Every dtype class, a 0-d tensor, an empty tensor, and a tensor 
 enough to be split across stripes."""
 from __future__ import annotations
 
+import base64
+import json
+
 import numpy as np
 
 
 def make_state(seed: int, variant: str = "base") -> list[tuple[str, str, np.ndarray]]:
     rng = np.random.default_rng(seed)
+    if variant == "blocks":       # two alike layers: a renamed entry would load silently
+        return [(f"blocks.{i}.{p}", "F32", rng.standard_normal(shape).astype(np.float32))
+                for p, shape in (("w", (64, 64)), ("b", (64,))) for i in range(2)]
     w_shape = (7, 5) if variant == "other" else (5, 7)
     return [
         ("w", "F32", rng.standard_normal(w_shape).astype(np.float32)),
@@ -24,5 +30,16 @@ def make_state(seed: int, variant: str = "base") -> list[tuple[str, str, np.ndar
     ]
 
 
+def make_state_dict(seed: int, step: int) -> dict:
+    """What make_meta's blob decodes to."""
+    return {"seed": seed, "step": step, "text": f"meta seed={seed} step={step} " * 3,
+            "raw": bytes(range(256)), "betas": (0.9, 0.999)}
+
+
 def make_meta(seed: int, step: int) -> bytes:
-    return f"meta seed={seed} step={step} ".encode() * 3 + bytes(range(256))
+    """A jitc-meta/1 record (jitc/snapshot/meta.py), spelled out here by hand: the writer
+    subprocesses stay free of torch, and the format is checked against its description."""
+    state = {"seed": seed, "step": step, "text": f"meta seed={seed} step={step} " * 3,
+             "raw": {"$t": "bytes", "v": base64.b64encode(bytes(range(256))).decode()},
+             "betas": {"$t": "tuple", "v": [0.9, 0.999]}}
+    return json.dumps({"format": "jitc-meta/1", "state": state}).encode()

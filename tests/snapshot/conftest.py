@@ -8,6 +8,7 @@ private library, so the snapshot engine is tested on its own either way.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import subprocess
@@ -101,6 +102,14 @@ def expected_tensors(seed: int = 0, variant: str = "base") -> dict[str, torch.Te
 
 def expected_meta(seed: int, step: int) -> bytes:
     return make_meta(seed, step)
+
+
+def reseal(manifest: Path, m: dict) -> None:
+    """Write manifest ``m`` with its digest recomputed, as whoever edits it on purpose
+    would: then only the checks against the stripes can tell."""
+    from jitc.snapshot.manifest import DIGEST, manifest_digest
+    m = {**m, DIGEST: manifest_digest(m)}
+    manifest.write_text(json.dumps(m, indent=1))
 
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from .conftest import bitwise_equal, expected_tensors
+from .conftest import bitwise_equal, expected_tensors, reseal
 
 from jitc.errors import CorruptSnapshotError
 from jitc.snapshot import check_compatible, latest_complete, load, publish
@@ -99,8 +99,12 @@ def test_manifest_lies_about_crc(two_snapshots, caplog):
     m = json.loads((new / "manifest.json").read_text())
     m["files"]["stripe-1-of-2.safetensors"]["crc32c"] ^= 1
     (new / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CorruptSnapshotError, match="manifest.json: manifest digest mismatch"):
+        load(new / "manifest.json")
+    reseal(new / "manifest.json", m)             # the digest recomputed: the CRC still lies
     with pytest.raises(CorruptSnapshotError, match="stripe-1-of-2.safetensors: CRC32C"):
         load(new / "manifest.json")
+    _falls_back(root, old, caplog, "CRC32C")
 
 
 def test_other_model(tmp_path, write_snapshot):

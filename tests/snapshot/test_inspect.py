@@ -38,9 +38,40 @@ def test_inspect_valid_invalid_missing(tmp_path, write_snapshot):
     assert _run(tmp_path / "empty")[0] == 2
 
 
-def test_inspect_publishes_complete_unpublished_dir(tmp_path, write_snapshot):
+def _tree(d):
+    """Everything inspect could change: names, sizes, modes, mtimes (dir included)."""
+    st = d.stat()
+    return (st.st_mtime_ns, st.st_mode, sorted(
+        (p.name, p.stat().st_size, p.stat().st_mode, p.stat().st_mtime_ns) for p in d.iterdir()))
+
+
+def test_inspect_verifies_an_unpublished_dir_without_writing(tmp_path, write_snapshot):
     d = tmp_path / "snap-a0-s1-0"
-    write_snapshot(d, 1, [0], step=1)
+    write_snapshot(d, 2, [0, 1], step=1)
+    before = _tree(d)
     rc, out, err = _run(d)
     assert rc == 0, err
-    assert (d / "manifest.json").is_file()
+    assert "not published" in out and "checksums: OK" in out
+    assert _tree(d) == before and not (d / "manifest.json").exists()
+    # A damaged unpublished one: invalid, still nothing written.
+    f = d / "stripe-0-of-2.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    before = _tree(d)
+    rc, out, err = _run(d)
+    assert rc == 1 and "CRC32C" in err and len(err.strip().splitlines()) == 1
+    assert _tree(d) == before
+
+
+def test_inspect_never_writes_into_a_published_dir(tmp_path, write_snapshot):
+    d = tmp_path / "snap-a0-s1-0"
+    write_snapshot(d, 1, [0], step=1)
+    publish(d)
+    before = _tree(d)
+    assert _run(d)[0] == 0
+    assert _tree(d) == before
+    (d / "manifest.json").write_text("{")
+    before = _tree(d)
+    assert _run(d)[0] == 1
+    assert _tree(d) == before

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from safetensors import safe_open
 
+from ._state import make_state_dict
 from .conftest import bitwise_equal, expected_meta, expected_tensors, writer_cmd
 
 from jitc.snapshot import latest_complete, load, publish
@@ -22,6 +23,7 @@ def _assert_loaded(manifest, step, seed=0):
     for name, t in exp.items():
         assert bitwise_equal(snap.tensors[name], t), name
     assert snap.meta == expected_meta(seed, step)
+    assert snap.state == make_state_dict(seed, step)
     return snap
 
 
