@@ -220,7 +220,14 @@ class Supervisor:
     def _start_job(self, now: float) -> None:
         child_env = self._child_env()
         popen, self.standby = (self.standby.go(child_env) if self.standby else None), None
-        self.job = Job(self.opts.command, child_env, popen=popen)
+        try:
+            self.job = Job(self.opts.command, child_env, popen=popen)
+        except OSError as e:    # gone since cli.py checked it (a restart), or not loadable
+            cause = from_oserror("cannot start", e, self.opts.command[0])
+            self.events.emit("gave_up", self.attempt, kind="exec_failed", reason=cause.text,
+                             **cause.fields())
+            self._finish(ExitCode.JOB_FAILED, cause.text)
+            return
         self.sel.register(self.job.pidfd, selectors.EVENT_READ, "job")
         self._goto(State.RUNNING)
         _warm_up_snapshot_module()

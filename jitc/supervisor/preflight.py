@@ -29,15 +29,40 @@ def check_command(command: tuple[str, ...] | list[str], path: str | None = None)
             raise UsageError(f"command not found: {prog}: {describe(errno.ENOENT)}")
         if os.path.isdir(prog) or not os.access(prog, os.X_OK):
             raise UsageError(f"command not executable: {prog}: {describe(errno.EACCES)}")
+        _check_interpreter(prog)
         return
     path = os.environ.get("PATH", os.defpath) if path is None else path
-    if shutil.which(prog, path=path) is not None:
+    found = shutil.which(prog, path=path)
+    if found is not None:
+        _check_interpreter(found)
         return
     for d in path.split(os.pathsep):
         candidate = os.path.join(d or ".", prog)
         if os.path.isfile(candidate):     # on PATH, but no execute permission: exec's EACCES
             raise UsageError(f"command not executable: {candidate}: {describe(errno.EACCES)}")
     raise UsageError(f"command not found: {prog} (not on PATH)")
+
+
+def _check_interpreter(prog: str) -> None:
+    """A script's ``#!`` interpreter must exist too: exec fails with ENOENT otherwise, which
+    names the script, not the interpreter."""
+    try:
+        with open(prog, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return                # unreadable but executable (mode 0711): exec may still work
+    if not first.startswith(b"#!"):
+        return
+    words = first[2:].split()
+    if not words:
+        return
+    interp = os.fsdecode(words[0])
+    if not os.path.exists(interp):
+        raise UsageError(f"command {prog}: its interpreter {interp} does not exist: "
+                         f"{describe(errno.ENOENT)}")
+    if os.path.isdir(interp) or not os.access(interp, os.X_OK):
+        raise UsageError(f"command {prog}: its interpreter {interp} is not executable: "
+                         f"{describe(errno.EACCES)}")
 
 
 def check_run_dir(run_dir: Path) -> None:

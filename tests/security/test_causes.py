@@ -148,7 +148,8 @@ def _supervise(run_dir: Path, *command: str, cwd: Path, no_dac: bool = False,
                           timeout=timeout, cwd=cwd)
 
 
-@pytest.mark.parametrize("make", ["missing", "not-executable", "directory", "on-path"])
+@pytest.mark.parametrize("make", ["missing", "not-executable", "directory", "on-path",
+                                  "bad-interpreter"])
 def test_a_command_that_cannot_run_is_a_usage_error_before_anything(tmp_path, make):
     marker = tmp_path / "started"
     if make == "missing":
@@ -159,6 +160,12 @@ def test_a_command_that_cannot_run_is_a_usage_error_before_anything(tmp_path, ma
         want = f"command not executable: {prog}: EACCES"
     elif make == "directory":
         prog, want = str(tmp_path), f"command not executable: {tmp_path}: EACCES"
+    elif make == "bad-interpreter":
+        prog = str(tmp_path / "train.py")
+        Path(prog).write_text(f"#!/opt/no-such-python -u\nopen({str(marker)!r}, 'w')\n")
+        Path(prog).chmod(0o755)
+        want = (f"command {prog}: its interpreter /opt/no-such-python does not exist: "
+                "ENOENT (No such file or directory)")
     else:
         prog, want = "train.sh", "command not executable:"
         (tmp_path / "bin").mkdir()
@@ -173,6 +180,20 @@ def test_a_command_that_cannot_run_is_a_usage_error_before_anything(tmp_path, ma
     assert p.returncode == ExitCode.USAGE, p.stderr
     assert want in _one_error_line(p.stderr)
     assert not run_dir.exists() and not marker.exists()
+
+
+def test_a_command_gone_by_the_restart_ends_the_run_with_its_errno(tmp_path):
+    job = tmp_path / "job.sh"
+    job.write_text('#!/bin/sh\nrm -f "$0"\nexit 1\n')      # fails once, and is gone
+    job.chmod(0o755)
+    run_dir = tmp_path / "run"
+    p = subprocess.run(supervise_argv(run_dir, "--no-standby", "--", str(job)),
+                       env=child_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == ExitCode.JOB_FAILED, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert f"attempt 1: gave up: cannot start {job}: ENOENT (No such file or directory)" in last
+    gave_up = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert (gave_up["event"], gave_up["errno"], gave_up["path"]) == ("gave_up", "ENOENT", str(job))
 
 
 def test_missing_command_with_the_default_run_dir_creates_nothing(tmp_path):
