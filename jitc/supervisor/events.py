@@ -69,7 +69,8 @@ def format_line(rec: dict[str, Any], t0: float) -> str:
         text = (f"snapshot of step {rec.get('step')}: rank {rec.get('rank')} writes stripes "
                 f"{rec.get('stripes')} of {rec.get('nstripes')}")
         if rec.get("reassigned_from") is not None:
-            text += f" (reassigned from rank {rec['reassigned_from']})"
+            text += f" (reassigned from rank {rec['reassigned_from']}" + (
+                f": {rec['error']})" if rec.get("error") else ")")
     elif ev == "snapshot_done":
         text = (f"snapshot of step {rec.get('step')} published: {_size(rec.get('bytes') or 0)} in "
                 f"{rec.get('seconds', 0):.2f}s ({rec.get('snapshot')})")

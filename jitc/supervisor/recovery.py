@@ -145,7 +145,8 @@ class Recovery:
         else:
             self._note(parse(body.get("error")), rank)
             shard.dead.add(rank)
-            self._reassign(shard, stripe, rank, now)
+            error = body.get("error")
+            self._reassign(shard, stripe, rank, now, error if isinstance(error, str) else None)
         self.tick(now)
 
     def tick(self, now: float) -> Outcome | None:
@@ -226,27 +227,29 @@ class Recovery:
                 self._request(shard, r, j, now, reassigned_from=None)
 
     def _request(self, shard: _Shard, rank: int, stripe: int, now: float,
-                 reassigned_from: int | None) -> None:
+                 reassigned_from: int | None, error: str | None = None) -> None:
         body = {"id": self._id, "dir": str(shard.dir), "stripes": [stripe],
                 "nstripes": len(shard.writers), "step": self._step}
         self.send(rank, Msg.SNAPSHOT, body)
         self.events.emit("snapshot_requested", self.attempt, rank=rank, step=self._step,
                          stripes=[stripe], nstripes=len(shard.writers), shard=shard.index,
                          snapshot=str(shard.dir), reassigned_from=reassigned_from,
-                         reassigned=reassigned_from is not None or None)
+                         reassigned=reassigned_from is not None or None, error=error)
 
-    def _reassign(self, shard: _Shard, stripe: int, from_rank: int, now: float) -> None:
+    def _reassign(self, shard: _Shard, stripe: int, from_rank: int, now: float,
+                  error: str | None = None) -> None:
+        """``error``: why ``from_rank`` failed, where it said (SNAPSHOT_DONE)."""
         spare = [r for r in shard.writers if r not in shard.dead and self.ranks[r].connected]
         if not spare:
             self.events.emit("snapshot_requested", self.attempt, rank=None, step=self._step,
                              stripes=[stripe], shard=shard.index, reassigned_from=from_rank,
-                             detail="no writer left for this stripe", echo=False)
+                             detail="no writer left for this stripe", error=error, echo=False)
             self._fallback(f"every replica of shard {shard.index} failed during the snapshot")
             return
         load = {r: sum(1 for x in shard.pending.values() if x == r) for r in spare}
         target = min(spare, key=lambda r: (load[r], r))
         shard.pending[stripe] = target
-        self._request(shard, target, stripe, now, reassigned_from=from_rank)
+        self._request(shard, target, stripe, now, reassigned_from=from_rank, error=error)
 
     def _publish(self, now: float) -> None:
         try:

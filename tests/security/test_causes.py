@@ -299,7 +299,7 @@ def test_run_dir_watch_tells_a_replaced_directory(tmp_path):
 
 # -- the supervisor carries a writer's error ---------------------------------------------
 
-def _recovery(root: Path, log: Path, ranks: int = 2):
+def _recovery(root: Path, log: Path, ranks: int = 2, stream=None):
     from jitc.supervisor.events import EventLog
     from jitc.supervisor.recovery import Recovery
     from jitc.supervisor.server import RankInfo
@@ -307,7 +307,7 @@ def _recovery(root: Path, log: Path, ranks: int = 2):
                          last_change=0.0) for r in range(ranks)}
     sent: list = []
     rec = Recovery(root=root, attempt=0, ranks=infos, excluded={1}, protected=True,
-                   events=EventLog(log / "events.jsonl", open(os.devnull, "w")),
+                   events=EventLog(log / "events.jsonl", stream or open(os.devnull, "w")),
                    send=lambda r, t, b: sent.append((r, t, b)) or True,
                    query_timeout_s=1.0, snapshot_timeout_s=5.0, clock=lambda: 0.0)
     return rec, sent
@@ -329,6 +329,29 @@ def test_a_writers_enospc_reaches_the_outcome(tmp_path):
     assert out.gave_up.startswith("every replica of shard 0 failed during the snapshot "
                                   f"(rank 0: write {path}: ENOSPC (No space left on device))")
     assert (out.cause.errno, out.cause.path) == ("ENOSPC", path)
+
+
+def test_a_stripe_reassigned_after_enospc_says_why(tmp_path):
+    # Two healthy replicas: one's disk is full, the other writes its stripe too. The run
+    # goes on, and the timeline says why the stripe moved.
+    import io
+    from jitc.protocol import Msg
+    from jitc.supervisor.events import read_events
+    root = tmp_path / "snapshots"
+    root.mkdir()
+    out = io.StringIO()
+    rec, sent = _recovery(root, tmp_path, ranks=3, stream=out)
+    rec.start(0.0)
+    for r in (0, 2):
+        rec.on_state(r, {"completed": 7, "usable": True, "nbytes": 64, "shard": 0}, 0.0)
+    first = [b for r, t, b in sent if t is Msg.SNAPSHOT and r == 0][0]
+    error = f"write {first['dir']}/stripe-0-of-2.safetensors.tmp.77: ENOSPC (No space left on device)"
+    rec.on_snapshot_done(0, {"id": first["id"], "stripe": 0, "ok": False, "error": error}, 0.0)
+    moved = [b for r, t, b in sent if t is Msg.SNAPSHOT and r == 2 and b["stripes"] == [0]]
+    assert moved and rec.outcome is None                    # rank 2 writes it: no give-up
+    ev = [e for e in read_events(tmp_path / "events.jsonl") if e.get("reassigned")]
+    assert ev and ev[0]["error"] == error and ev[0]["reassigned_from"] == 0
+    assert f"(reassigned from rank 0: {error})" in out.getvalue()
 
 
 def test_a_vanished_snapshot_root_parent_is_not_made_again(tmp_path):
