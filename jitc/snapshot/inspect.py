@@ -18,7 +18,7 @@ from typing import TextIO
 from ..errors import JitcError
 from .format import DTYPES
 from .manifest import MANIFEST, build_manifest, complete_set
-from .verify import verify_files, verify_manifest
+from .verify import read_manifest, verify_files
 
 VALID, INVALID, NOT_FOUND = 0, 1, 2
 
@@ -42,7 +42,8 @@ def inspect_main(path: str | Path, out: TextIO | None = None, err: TextIO | None
         return NOT_FOUND
     try:
         if manifest.exists():
-            m, how = verify_manifest(manifest), "published"
+            m, how = read_manifest(manifest), "published"
+            state = verify_files(snap_dir, m)
         else:
             if complete_set(snap_dir) is None:
                 print(f"jitc inspect: {manifest}: manifest missing and no complete stripe set "
@@ -51,13 +52,15 @@ def inspect_main(path: str | Path, out: TextIO | None = None, err: TextIO | None
             # Complete but unpublished (shim-only mode): verified as the manifest that
             # publishing would write, built in memory. Inspecting never writes.
             m = build_manifest(snap_dir)
-            verify_files(snap_dir, m)
+            state = verify_files(snap_dir, m)
             how = "not published (manifest built in memory)"
     except (JitcError, OSError) as e:
         print(f"jitc inspect: INVALID: {e}", file=err)
         print(f"snapshot {snap_dir}\n  INVALID", file=out)
         return INVALID
     _listing(snap_dir, m, how, out)
+    keys = ", ".join(map(str, state)) or "empty"
+    print(f"  meta {m['meta']['bytes']} bytes, jitc-meta/1: {keys}", file=out)
     print("  checksums: OK", file=out)
     return VALID
 
@@ -77,5 +80,4 @@ def _listing(snap_dir: Path, m: dict, how: str, out: TextIO) -> None:
         pieces = f"  [{len(t['chunks'])} pieces]" if len(t["chunks"]) > 1 else ""
         print(f"  tensor {name}  {t['dtype']}  {list(t['shape'])}  {nbytes} bytes{pieces}",
               file=out)
-    print(f"  {len(m['tensors'])} tensors, {total} bytes ({_human(total)});"
-          f" meta {m['meta']['bytes']} bytes", file=out)
+    print(f"  {len(m['tensors'])} tensors, {total} bytes ({_human(total)})", file=out)
