@@ -345,7 +345,8 @@ def test_a_stripe_reassigned_after_enospc_says_why(tmp_path):
     for r in (0, 2):
         rec.on_state(r, {"completed": 7, "usable": True, "nbytes": 64, "shard": 0}, 0.0)
     first = [b for r, t, b in sent if t is Msg.SNAPSHOT and r == 0][0]
-    error = f"write {first['dir']}/stripe-0-of-2.safetensors.tmp.77: ENOSPC (No space left on device)"
+    error = (f"write {first['dir']}/stripe-0-of-2.safetensors.tmp.77: "
+             "ENOSPC (No space left on device)")
     rec.on_snapshot_done(0, {"id": first["id"], "stripe": 0, "ok": False, "error": error}, 0.0)
     moved = [b for r, t, b in sent if t is Msg.SNAPSHOT and r == 2 and b["stripes"] == [0]]
     assert moved and rec.outcome is None                    # rank 2 writes it: no give-up
