@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "channel.h"
+#include "confine.h"
 #include "config.h"
 #include "json.h"
 #include "signals.h"
@@ -74,47 +75,96 @@ void send_snapshot_done(const std::string& id, int stripe, int nstripes, int64_t
   if (!send_msg(channel::kSnapshotDone, w)) debug("SNAPSHOT_DONE for stripe %d not sent", stripe);
 }
 
-void on_snapshot(Loop& loop, const json::Value& body) {
-  State& s = state();
+// The SNAPSHOT command, checked field by field: a malformed one is answered with ok=false
+// for what can be named of it, and writes nothing.
+struct SnapshotCommand {
+  std::string id;
+  std::string dir;
+  std::vector<int> stripes;
+  int nstripes = 0;
+  bool has_step = false;
+  int64_t step = 0;
+  double timeout_s = state().cfg.snapshot_timeout_s;   // JITC_SNAPSHOT_TIMEOUT, from the supervisor
+};
+
+// More stripes than this in one snapshot is not a plan, it is a malformed command.
+constexpr int64_t kMaxStripes = 1 << 16;
+constexpr size_t kMaxIdBytes = 256;
+constexpr double kMaxCommandTimeoutS = 24 * 3600.0;   // a bound, not a plan
+
+bool parse_snapshot(const json::Value& body, SnapshotCommand* c, std::string* why) {
   const json::Value* id = body.get("id");
+  if (id != nullptr && id->is_string() && id->s.size() <= kMaxIdBytes) c->id = id->s;
   const json::Value* dir = body.get("dir");
   const json::Value* stripes = body.get("stripes");
-  const json::Value* nstripes = body.get("nstripes");
   const json::Value* step = body.get("step");
   const json::Value* timeout = body.get("timeout");
-  std::string sid = (id != nullptr && id->is_string()) ? id->s : "";
-  int k = (nstripes != nullptr && nstripes->is_number()) ? static_cast<int>(nstripes->num) : 0;
-  std::vector<int> list;
-  bool valid = dir != nullptr && dir->is_string() && !dir->s.empty() && k >= 1 &&
-               stripes != nullptr && stripes->type == json::Value::Type::Array;
-  if (valid) {
-    for (const json::Value& v : stripes->arr) {
-      int j = v.is_number() ? static_cast<int>(v.num) : -1;
-      if (j < 0 || j >= k) valid = false;
-      list.push_back(j);
+  int64_t k = 0, v = 0;
+  if (id == nullptr || !id->is_string() || id->s.size() > kMaxIdBytes) {
+    *why = "malformed SNAPSHOT command: id";
+  } else if (dir == nullptr || !dir->is_string() || dir->s.empty()) {
+    *why = "malformed SNAPSHOT command: dir";
+  } else if (body.get("nstripes") == nullptr || !body.get("nstripes")->as_int(1, kMaxStripes, &k)) {
+    *why = "malformed SNAPSHOT command: nstripes";
+  } else if (stripes == nullptr || stripes->type != json::Value::Type::Array ||
+             stripes->arr.empty() || stripes->arr.size() > static_cast<size_t>(k)) {
+    *why = "malformed SNAPSHOT command: stripes";
+  } else if (step != nullptr && step->type != json::Value::Type::Null && !step->as_int(INT64_MIN, INT64_MAX, &v)) {
+    *why = "malformed SNAPSHOT command: step";
+  } else if (timeout != nullptr && timeout->type != json::Value::Type::Null &&
+             !(timeout->is_number() && timeout->num > 0 && timeout->num <= kMaxCommandTimeoutS)) {
+    *why = "malformed SNAPSHOT command: timeout";
+  }
+  c->nstripes = static_cast<int>(k);
+  if (stripes != nullptr && stripes->type == json::Value::Type::Array) {
+    for (const json::Value& x : stripes->arr) {
+      int64_t j = -1;
+      bool good = x.as_int(0, k - 1, &j);
+      for (int seen : c->stripes)
+        if (seen == j) good = false;
+      if (!good && why->empty()) *why = "malformed SNAPSHOT command: stripes";
+      if (c->stripes.size() < static_cast<size_t>(kMaxStripes)) c->stripes.push_back(good ? static_cast<int>(j) : -1);
     }
   }
+  if (!why->empty()) return false;
+  c->dir = dir->s;
+  if (step != nullptr && step->type != json::Value::Type::Null) {
+    c->has_step = true;
+    c->step = v;
+  }
+  if (timeout != nullptr && timeout->is_number()) c->timeout_s = timeout->num;
+  return true;
+}
+
+void on_snapshot(Loop& loop, const json::Value& body) {
+  State& s = state();
+  SnapshotCommand cmd;
+  std::string why;
   std::string fp = snapshot::fingerprint();
-  if (!valid) {
-    debug("malformed SNAPSHOT command ignored");
-    send_snapshot_done(sid, list.empty() ? -1 : list[0], k, s.completed.load(), nullptr,
-                       "malformed SNAPSHOT command", fp);
+  if (!parse_snapshot(body, &cmd, &why)) {
+    debug("%s", why.c_str());
+    // One answer (not one per listed stripe: the list itself may be the garbage).
+    send_snapshot_done(cmd.id, cmd.stripes.empty() ? -1 : cmd.stripes[0], cmd.nstripes,
+                       s.completed.load(), nullptr, why, fp);
     return;
   }
-  double write_timeout = (timeout != nullptr && timeout->is_number() && timeout->num > 0)
-                             ? timeout->num : s.cfg.snapshot_timeout_s;
-  std::string why;
+  const std::vector<int>& list = cmd.stripes;
+  const int k = cmd.nstripes;
+  const std::string& sid = cmd.id;
   std::vector<snapshot::StripeResult> results;
   int64_t at = s.completed.load();
+  std::string target;
   if (snapshot_enter(limits::kSnapshotWindowWaitS, &why)) {
     at = s.completed.load();
-    if (step != nullptr && step->is_number() && static_cast<int64_t>(step->num) != at) {
+    if (cmd.has_step && cmd.step != at) {
       why = "step mismatch: rank has completed " + std::to_string(at) + ", asked for " +
-            std::to_string(static_cast<int64_t>(step->num));
-    } else if (make_dirs(dir->s, &why)) {
+            std::to_string(cmd.step);
+    } else if (!confine::snapshot_dir(cmd.dir, &target, &why)) {
+      debug("SNAPSHOT refused: %s", why.c_str());
+    } else {
       debug("snapshot %s: %zu stripe(s) of %d at step %lld", sid.c_str(), list.size(), k,
             static_cast<long long>(at));
-      results = snapshot::write_stripes(dir->s, k, list, at, write_timeout);
+      results = snapshot::write_stripes(target, k, list, at, cmd.timeout_s);
     }
     snapshot_exit();
   }
@@ -371,7 +421,7 @@ bool make_dirs(const std::string& path, std::string* why) {
     size_t next = path.find('/', pos);
     if (next == std::string::npos) next = path.size();
     cur = path.substr(0, next);
-    if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+    if (!cur.empty() && mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST) {
       *why = "mkdir " + cur + ": " + std::strerror(errno);
       return false;
     }
@@ -388,6 +438,7 @@ bool start(std::string* why) {
     return false;
   }
   s.wake_fd.store(efd);
+  confine::set_root(s.cfg.dir);   // the only place SNAPSHOT commands may write
   g_stop.store(false);
   {
     std::lock_guard<std::mutex> lock(life().mu);

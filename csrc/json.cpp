@@ -8,6 +8,35 @@
 #include <cstring>
 
 namespace jitc::json {
+namespace {
+
+// Length of the well-formed UTF-8 sequence at p (at most avail bytes), 0 if it is not one
+// (stray continuation, overlong form, surrogate, beyond U+10FFFF, truncated).
+size_t utf8_len(const unsigned char* p, size_t avail) {
+  unsigned char c = p[0];
+  size_t n;
+  unsigned char lo = 0x80, hi = 0xBF;   // bounds of the second byte
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (avail < n || p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < n; ++i)
+    if ((p[i] & 0xC0) != 0x80) return 0;
+  return n;
+}
+
+}  // namespace
 
 size_t format_i64(char* out, size_t cap, int64_t v) {
   char tmp[24];
@@ -59,8 +88,23 @@ void Writer::puts(const char* s) {
 void Writer::escaped(const char* s) {
   static const char kHex[] = "0123456789abcdef";
   put('"');
-  for (const unsigned char* p = reinterpret_cast<const unsigned char*>(s); *p != 0; ++p) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(s);
+  for (; *p != 0; ++p) {
     unsigned char c = *p;
+    if (c >= 0x80) {
+      // The receiver drops a record that is not UTF-8: a detail cut mid-character (or
+      // bytes from a C library) must not cost the whole report. The NUL ends the scan.
+      // avail 4: the scan stops at the first byte that is not a continuation, so it
+      // never reads past the NUL.
+      size_t n = utf8_len(p, 4);
+      if (n == 0) {
+        puts("\\ufffd");
+      } else {
+        for (size_t i = 0; i < n; ++i) put(static_cast<char>(p[i]));
+        p += n - 1;
+      }
+      continue;
+    }
     if (c == '"' || c == '\\') {
       put('\\');
       put(static_cast<char>(c));
@@ -71,7 +115,7 @@ void Writer::escaped(const char* s) {
       put(kHex[c >> 4]);
       put(kHex[c & 15]);
     } else {
-      put(static_cast<char>(c));  // UTF-8 passes through unchanged
+      put(static_cast<char>(c));
     }
   }
   put('"');
@@ -139,6 +183,17 @@ size_t Writer::finish() {
   return len_;
 }
 
+bool Value::as_int(int64_t lo, int64_t hi, int64_t* out) const {
+  // 2^63 is exact as a double; anything at or past it does not fit an int64.
+  if (type != Type::Number || !std::isfinite(num) || num != std::floor(num) ||
+      num < -9223372036854775808.0 || num >= 9223372036854775808.0)
+    return false;
+  int64_t v = static_cast<int64_t>(num);
+  if (v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
 const Value* Value::get(const char* k) const {
   if (type != Type::Object) return nullptr;
   for (const auto& kv : obj)
@@ -183,6 +238,15 @@ struct Parser {
   bool string(std::string* out) {
     ++p;  // opening quote
     while (p < end && *p != '"') {
+      const unsigned char u = static_cast<unsigned char>(*p);
+      if (u < 0x20) return fail("control character in string");
+      if (u >= 0x80) {
+        size_t n = utf8_len(reinterpret_cast<const unsigned char*>(p), static_cast<size_t>(end - p));
+        if (n == 0) return fail("invalid UTF-8 in string");
+        out->append(p, n);
+        p += n;
+        continue;
+      }
       char c = *p++;
       if (c != '\\') {
         out->push_back(c);
@@ -199,11 +263,18 @@ struct Parser {
         case 't': out->push_back('\t'); break;
         case 'u': {
           if (end - p < 4) return fail("truncated \\u");
-          char hex[5] = {p[0], p[1], p[2], p[3], 0};
-          char* stop = nullptr;
-          unsigned cp = static_cast<unsigned>(std::strtoul(hex, &stop, 16));
-          if (stop != hex + 4) return fail("bad \\u");
+          unsigned cp = 0;
+          for (int i = 0; i < 4; ++i) {
+            char h = p[i];
+            int d = (h >= '0' && h <= '9') ? h - '0'
+                    : (h >= 'a' && h <= 'f') ? h - 'a' + 10
+                    : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+            if (d < 0) return fail("bad \\u");
+            cp = cp * 16 + static_cast<unsigned>(d);
+          }
           p += 4;
+          // A NUL inside a string would cut it short wherever it is used as a C string.
+          if (cp == 0) return fail("NUL in string");
           // Surrogate pairs are not needed by the protocol; keep them as U+FFFD.
           utf8(out, (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : cp);
           break;
@@ -215,14 +286,33 @@ struct Parser {
     ++p;
     return true;
   }
-  bool number(Value* v) {
-    // strtod needs a terminator: copy the (short) token.
+  bool digits() {
     const char* s = p;
-    while (p < end && std::strchr("+-0123456789.eE", *p) != nullptr) ++p;
-    std::string tok(s, p);
-    char* stop = nullptr;
-    v->num = std::strtod(tok.c_str(), &stop);
-    if (tok.empty() || *stop != '\0') return fail("bad number");
+    while (p < end && *p >= '0' && *p <= '9') ++p;
+    return p != s;
+  }
+  bool number(Value* v) {
+    // The JSON grammar, checked here: strtod alone takes "+1", "1.", ".5", "inf"...
+    const char* s = p;
+    if (p < end && *p == '-') ++p;
+    if (p < end && *p == '0') {
+      ++p;
+    } else if (!digits()) {
+      return fail("bad number");
+    }
+    if (p < end && *p == '.') {
+      ++p;
+      if (!digits()) return fail("bad number");
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+      ++p;
+      if (p < end && (*p == '+' || *p == '-')) ++p;
+      if (!digits()) return fail("bad number");
+    }
+    if (p - s > 64) return fail("number too long");
+    std::string tok(s, p);  // strtod needs a terminator: copy the (short) token
+    v->num = std::strtod(tok.c_str(), nullptr);
+    if (!std::isfinite(v->num)) return fail("number out of range");
     v->type = Value::Type::Number;
     return true;
   }

@@ -18,7 +18,7 @@ namespace jitc::json {
 class Writer {
  public:
   Writer(char* buf, size_t cap);
-  Writer& str(const char* key, const char* value);   // escaped; nullptr -> null
+  Writer& str(const char* key, const char* value);   // escaped, bad UTF-8 -> U+FFFD; nullptr -> null
   Writer& i64(const char* key, int64_t value);
   Writer& num(const char* key, double value);        // fixed, 6 decimals; NaN/inf -> null
   Writer& boolean(const char* key, bool value);
@@ -55,9 +55,12 @@ struct Value {
   const Value* get(const char* key) const;          // object member or nullptr
   bool is_number() const { return type == Type::Number; }
   bool is_string() const { return type == Type::String; }
+  // A number that is a whole value in [lo, hi] (1.0 counts, 1.5 does not): *out set.
+  bool as_int(int64_t lo, int64_t hi, int64_t* out) const;
 };
 
-// Parses one JSON document (depth-limited). false with a reason on malformed input.
+// Parses one JSON document (RFC 8259, depth-limited, strings valid UTF-8 without NUL,
+// numbers finite). false with a reason on malformed input.
 bool parse(const char* text, size_t n, Value* out, std::string* why);
 
 }  // namespace jitc::json

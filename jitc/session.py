@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from . import env, excepthook, rng, warmset
+from . import env, excepthook, private, rng, warmset
 from . import faults as faults_mod
 from . import limits
 from . import state as st
@@ -72,6 +72,8 @@ class Session:
         self.limits = limits.check_rank_env()
         self.attempt = _attempt()
         self.step = -1
+        if env.get(env.DIR) is not None:   # another user's JITC_DIR: one line, exit 2
+            private.require_snapshot_root(env.get(env.DIR), env.DIR)
         self._ffi, self._lib = ffi_lib()
         check(self._lib.jitc_init(self.rank, self.local_rank, self.world_size,
                                   self.stage, self.num_stages), "jitc_init")

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from . import env
+from . import env, private
 
 FILE = "warm-modules.json"
 
@@ -25,7 +25,7 @@ def record(local_rank: int) -> None:
     path = os.path.join(run_dir, FILE)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        with private.open_private(tmp) as f:
             json.dump(sorted(name for name in list(sys.modules) if name != "__main__"), f)
         os.replace(tmp, path)
     except OSError:

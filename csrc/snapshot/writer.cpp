@@ -76,7 +76,7 @@ bool mkdirs(const std::string& dir, std::string* why) {
     pos = dir.find('/', pos + 1);
     cur = dir.substr(0, pos);
     if (cur.empty()) continue;
-    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+    if (::mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST) {
       *why = errno_text("mkdir", cur);
       return false;
     }
@@ -105,7 +105,7 @@ std::string tmp_name(const std::string& path) {
 // Write `text` durably to `path` (tmp + fsync + rename).
 bool write_file_atomic(const std::string& path, const std::string& text, std::string* why) {
   const std::string tmp = tmp_name(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
     *why = errno_text("open", tmp);
     return false;
@@ -180,7 +180,7 @@ void write_one(const std::string& dir, const View& view, const std::vector<Chunk
   res->file = path;
   const StripeLayout lay = build_stripe_layout(*view.gen, chunks, *view.meta, step, j, k);
 
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
     res->error = errno_text("open", tmp);
     return;

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import private
 from ..errors import RecoveryError
 
 STAGES_DIR = "stages"
@@ -49,10 +50,11 @@ def path_of(root: str | os.PathLike, stage: int) -> Path:
 def write_layout(root: str | os.PathLike, layout: StageLayout) -> Path:
     """Write (atomically) the layout record of ``layout.stage`` under snapshot root ``root``."""
     target = path_of(root, layout.stage)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private.make_dirs(target.parent)
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        tmp.write_text(json.dumps(layout.to_json()), encoding="utf-8")
+        with private.open_private(tmp) as f:
+            f.write(json.dumps(layout.to_json()))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .. import private
 from ..snapshot.format import FORMAT, META_KEY, dtype_name
 from ..snapshot.manifest import publish, stripe_name
 from ..snapshot.verify import file_crc32c
@@ -57,7 +58,7 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         off += len(raw)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)                  # data section 8-byte aligned
-    with open(path, "wb") as f:
+    with private.open_private(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for raw in blobs:
             f.write(raw)
@@ -67,7 +68,7 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 def _fsync_write(path: Path, data: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with private.open_private(tmp) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -78,7 +79,7 @@ def write_snapshot(directory: str | os.PathLike, step: int, tensors: dict[str, t
                    meta: bytes, *, world_size: int | None = None) -> Path:
     """Write ``tensors`` + ``meta`` as a one-stripe snapshot of ``step``; returns the manifest."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    private.make_dirs(directory)
     fp = fingerprint(tensors)
     name = stripe_name(0, 1)
     path = directory / name

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .. import private
 from ..errors import CorruptSnapshotError
 from .format import FORMAT, META_KEY, StripeHeader, read_header, split_key
 
@@ -215,7 +216,7 @@ def publish(snap_dir: str | os.PathLike, *, world_size: int | None = None) -> Pa
         pass
     tmp = snap_dir / f".{MANIFEST}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with private.open_private(tmp) as f:
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())

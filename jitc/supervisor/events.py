@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from .. import private
+
 from ..causes import describe
 
 NAMES = frozenset({
@@ -108,7 +110,7 @@ class EventLog:
     def __init__(self, path: Path, stream: TextIO | None = None,
                  clock: Callable[[], float] = time.time):
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = private.open_private(path, "a")   # 0600: it names paths and ranks
         self._stream = sys.stderr if stream is None else stream
         self._clock = clock
         self.t0 = clock()

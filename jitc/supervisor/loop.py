@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from .. import env
+from .. import env, private
 from ..causes import Cause, from_oserror
 from ..errors import UsageError
 from ..faults import join_specs
@@ -35,7 +35,7 @@ from .policy import RestartPolicy
 from .process import Job, become_subreaper, child_setup, preload_env, reap_orphans
 from .recovery import Outcome, Recovery
 from .rundir import CHECK_EVERY_S, RunDirWatch
-from .server import Connection, RankInfo, Server, phase_index, phase_name
+from .server import Connection, RankInfo, Server, hello_refusal, phase_index, phase_name
 from .standby import Plan, Standby, plan
 from .state import ALLOWED, ExitCode, RunResult, State
 
@@ -115,7 +115,7 @@ class Supervisor:
         except OSError as e:    # cli.py checked access; this is what it cannot foresee
             raise UsageError(f"run directory {self.opts.run_dir}: "
                              f"{from_oserror('cannot create', e).text}") from None
-        self.server = Server(self.opts.socket_path())
+        self.server = Server(self.opts.socket_path(), log=self._say)
         self.sel.register(self.server, selectors.EVENT_READ, "server")
         self.run_dir_watch = RunDirWatch(self.opts.run_dir)
         become_subreaper()
@@ -123,8 +123,9 @@ class Supervisor:
             self.standby_plan = plan(self.opts.command, self._child_env())
 
     def _setup_run_dir(self) -> None:
-        self.opts.run_dir.mkdir(parents=True, exist_ok=True)
-        self.opts.snapshot_root.mkdir(exist_ok=True)
+        # Refused (exit 2) if another user owns it or can write into it (jitc/private.py).
+        private.make_dir(self.opts.run_dir, "run directory")
+        private.make_dir(self.opts.snapshot_root, "snapshot root")
         sweep(self.opts.snapshot_root)   # a reused run dir: an earlier run's dead writers
         self.events = EventLog(self.opts.events_path, self.stream)
 
@@ -313,10 +314,13 @@ class Supervisor:
 
     def _handle(self, conn: Connection, msg: Message, now: float) -> None:
         body = msg.body
+        # Bodies are well typed here (protocol.decode); who may say what is checked here.
         if msg.type is Msg.HELLO:
-            rank = body.get("rank")
-            if not isinstance(rank, int):
+            why = hello_refusal(conn, body, self.rank_conn, self.ranks)
+            if why is not None:
+                conn.drop(why)
                 return
+            rank = body["rank"]
             conn.rank = rank
             self.rank_conn[rank] = conn
             self.ranks[rank] = RankInfo(rank, pid=body.get("pid"), shard=body.get("shard", 0) or 0,
@@ -326,7 +330,11 @@ class Supervisor:
                 self.recovery.on_hello(rank, now)
             return
         if conn.rank is None:
-            return                  # nothing before HELLO is attributable
+            conn.drop(f"{msg.type.name} before HELLO")   # nothing before HELLO is attributable
+            return
+        if body.get("rank") is not None and body["rank"] != conn.rank:
+            conn.drop(f"{msg.type.name} names rank {body['rank']} on rank {conn.rank}'s connection")
+            return
         info = self.ranks[conn.rank]
         if msg.type is Msg.PROGRESS:
             self.protected = True   # step accounting means protect() registered state
@@ -462,7 +470,7 @@ class Supervisor:
         # never writes, even when it is not the root cause.
         excluded |= {f.rank for f in self.failures if f.rank is not None and not f.trusted}
         self.recovery = Recovery(
-            root=self.opts.snapshot_root, attempt=self.attempt, ranks=self.ranks,
+            root=self.opts.snapshot_root.resolve(), attempt=self.attempt, ranks=self.ranks,
             excluded=excluded, protected=self.protected, events=self.events,
             send=self._send, query_timeout_s=self.opts.query_timeout_s,
             snapshot_timeout_s=self.opts.snapshot_wait_s, clock=self.clock)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..causes import Cause, from_oserror, parse
+from .. import private
 from ..errors import JitcError
 from ..protocol import Msg
 from .events import EventLog
@@ -212,7 +213,7 @@ class Recovery:
             try:
                 if not self.root.is_dir():   # a vanished run dir is not created again
                     self.root.mkdir(mode=0o700)
-                d.mkdir(parents=True, exist_ok=True)
+                private.make_dirs(d)
             except OSError as e:
                 self._note(from_oserror("mkdir", e))
                 self._fallback(f"cannot create the snapshot directory: {self._cause.text}")

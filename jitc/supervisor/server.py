@@ -2,24 +2,33 @@
 ``Connection`` per rank, with what the supervisor knows about each rank.
 
 Everything is non-blocking; the loop's selector says when to call ``accept`` and
-``Connection.read``. A malformed record is dropped (docs/internals.md); a record in a
-protocol version we do not speak closes the connection.
+``Connection.read``. A malformed record (``protocol.decode`` judges it, schema included)
+is dropped with one log line (docs/internals.md); a record in a protocol version we do
+not speak closes the connection.
+
+Who may talk to the supervisor: only processes of its own user. The socket is 0600 in a
+0700 run directory, and ``accept`` checks each peer's credentials (SO_PEERCRED) anyway: a
+run directory is not the only way to reach a socket (a descriptor passed on, a path
+reached before the checks). A connection remembers the peer's pid, so a HELLO can claim
+only the process that made the connection.
 """
 from __future__ import annotations
 
 import errno
 import os
 import socket
+import struct
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import protocol
 from ..errors import ProtocolError
 from ..protocol import Message, Msg
 
-PHASES = {"idle": 0, "forward": 1, "backward": 2, "optimizer": 3}
+PHASES = protocol.PHASES
 STEP_TIME_WINDOW = 256        # step times kept per rank for the derived hang timeout
 
 
@@ -57,11 +66,40 @@ class RankInfo:
     state: dict[str, Any] | None = None   # last STATE answer
 
 
+# Malformed records logged per connection; past that they are dropped silently (a peer
+# that sends garbage in a loop must not flood the supervisor's stderr).
+MAX_DROP_LOGS = 20
+_CRED = struct.Struct("3i")     # struct ucred: pid, uid, gid
+
+Log = Callable[[str], None]
+
+
+def _stderr(text: str) -> None:
+    print(f"jitc: {text}", file=sys.stderr, flush=True)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected ``sock``."""
+    return _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+
+
 class Connection:
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, peer_pid: int | None = None, log: Log = _stderr):
         self.sock = sock
+        self.peer_pid = peer_pid       # from SO_PEERCRED: what a HELLO's pid must be
         self.rank: int | None = None   # known after HELLO
         self.closed = False
+        self.dropped = 0               # malformed records dropped
+        self._log = log
+
+    def drop(self, why: str) -> None:
+        """Log (bounded) that a record from this peer was dropped, and why."""
+        self.dropped += 1
+        who = f"rank {self.rank}" if self.rank is not None else f"pid {self.peer_pid}"
+        if self.dropped <= MAX_DROP_LOGS:
+            self._log(f"dropped a record from {who}: {why}")
+        if self.dropped == MAX_DROP_LOGS:
+            self._log(f"further malformed records from {who} are dropped without a log line")
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -79,11 +117,17 @@ class Connection:
             if not record:
                 return messages, True
             try:
-                messages.append(protocol.decode(record))
+                msg = protocol.decode(record)
+            except protocol.VersionError as e:
+                self._log(f"closing the connection of pid {self.peer_pid}: {e}")
+                return messages, True
             except ProtocolError as e:
-                if "version" in str(e):
-                    return messages, True
-                continue                   # bad magic / length: drop the record
+                self.drop(str(e))
+                continue
+            if msg.type not in protocol.RANK_TYPES:
+                self.drop(f"{msg.type.name} is a supervisor command, not a rank's report")
+                continue
+            messages.append(msg)
 
     def send(self, mtype: Msg, body: dict[str, Any]) -> bool:
         """Best effort: a rank that is gone or not reading must not stall the supervisor."""
@@ -101,15 +145,43 @@ class Connection:
             self.sock.close()
 
 
-class Server:
-    """The listening socket at ``path``."""
+def hello_refusal(conn: Connection, body: dict[str, Any], rank_conn: dict[int, Connection],
+                  ranks: dict[int, RankInfo]) -> str | None:
+    """Why the (well-typed) HELLO ``body`` on ``conn`` must be dropped, or None. A HELLO
+    claims a rank for the process that made the connection: its pid must be the peer's,
+    the rank must not be held by another open connection, and the world it names must be
+    the one the attempt's other ranks named."""
+    rank, pid = body["rank"], body["pid"]
+    if conn.rank is not None:
+        return f"a second HELLO on rank {conn.rank}'s connection"
+    if conn.peer_pid is not None and pid != conn.peer_pid:
+        return f"HELLO for rank {rank} says pid {pid}, but pid {conn.peer_pid} connected"
+    held = rank_conn.get(rank)
+    if held is not None and held is not conn and not held.closed:
+        return f"HELLO for rank {rank}, which pid {held.peer_pid} already holds"
+    world = next((i.world_size for i in ranks.values() if i.world_size is not None), None)
+    if world is not None:
+        if rank >= world:
+            return f"HELLO for rank {rank}, outside this job's world of {world}"
+        if body.get("world_size") is not None and body["world_size"] != world:
+            return f"HELLO for rank {rank} says world_size {body['world_size']}, not {world}"
+    return None
 
-    def __init__(self, path: Path):
+
+class Server:
+    """The listening socket at ``path`` (0600), accepting only this user's processes."""
+
+    def __init__(self, path: Path, log: Log = _stderr):
         self.path = path
+        self._log = log
+        self.uid = os.geteuid()
         if path.exists() or path.is_symlink():
             path.unlink()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.bind(str(path))
+        # bind() gives the socket 0777 minus the umask. Its directory is 0700 (the run
+        # directory, or a mkdtemp one), so nobody else can reach it before the chmod.
+        os.chmod(path, 0o600)
         self.sock.listen(1024)
         self.sock.setblocking(False)
 
@@ -127,8 +199,19 @@ class Server:
                 if e.errno in (errno.EMFILE, errno.ENFILE):
                     return conns           # retried on the next wake-up
                 raise
+            try:
+                pid, uid, _ = peer_credentials(sock)
+            except OSError as e:
+                self._log(f"refused a connection: no peer credentials ({e})")
+                sock.close()
+                continue
+            if uid != self.uid:
+                self._log(f"refused a connection from pid {pid}: uid {uid} is not this "
+                          f"supervisor's user (uid {self.uid})")
+                sock.close()
+                continue
             sock.setblocking(False)
-            conns.append(Connection(sock))
+            conns.append(Connection(sock, pid, self._log))
 
     def close(self) -> None:
         self.sock.close()

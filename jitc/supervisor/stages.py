@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import private
 from ..errors import JitcError, RecoveryError
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def latest_complete_stages(root: Path, num_stages: int) -> Path | None:
     base = root / f"snap-p-s{step}-stages"
     for s in range(num_stages):
         target = base / f"shard-{s}"
-        target.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(target)
         for f in where[s].iterdir():
             if not f.name.startswith(".") and not (target / f.name).exists():
                 os.link(f, target / f.name)

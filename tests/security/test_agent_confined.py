@@ -1,0 +1,129 @@
+"""Issue 13, "Run dir takeover": a SNAPSHOT command from whoever holds the socket made the
+rank's agent create and fill any directory it named. The agent writes only below the
+snapshot root it was given at start (JITC_DIR), in a real rank process with the real
+libjitc.so."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from jitc.protocol import Msg
+from tests.shim.conftest import FakeSupervisor, spawn
+
+INIT = "assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())\n"
+REGISTER = """
+import numpy as np
+w = np.arange(1024, dtype=np.float32)
+lib.jitc_registry_begin()
+shape = ffi.new("int64_t[1]", [1024])
+assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
+lib.jitc_registry_commit()
+lib.jitc_step_begin(3)
+lib.jitc_steps_finished(3)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def sup(tmp_path_factory):
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="jitc-", dir="/tmp")
+    s = FakeSupervisor(os.path.join(d, "s.sock"))
+    yield s
+    s.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _rank(sup: FakeSupervisor, root: Path, umask: int | None = None):
+    pre = (lambda: os.umask(umask)) if umask is not None else None
+    child = spawn(INIT + REGISTER, {"JITC_SOCKET": sup.path, "JITC_DIR": str(root)},
+                  preexec_fn=pre)
+    sup.accept()
+    sup.expect(Msg.HELLO)
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def _snapshot(sup: FakeSupervisor, directory: str, sid: str) -> dict:
+    sup.send(Msg.SNAPSHOT, {"id": sid, "dir": directory, "stripes": [0], "nstripes": 1, "step": 3})
+    while True:
+        done = sup.expect(Msg.SNAPSHOT_DONE, timeout=15).body
+        if done["id"] == sid:
+            return done
+
+
+def _files(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*")) if d.exists() else []
+
+
+def test_snapshot_outside_the_root_is_refused_and_writes_nothing(sup, tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(mode=0o700)
+    outside.mkdir(mode=0o700)
+    (root / "link").symlink_to(outside)          # a symlink in the root leading out of it
+    child = _rank(sup, root)
+    try:
+        refused = {
+            "outside": str(outside / "snap"),
+            "dotdot": f"{root}/../outside/snap",
+            "dotdot-inside": f"{root}/snap/../../outside/snap",
+            "symlink": str(root / "link" / "snap"),
+            "symlink-leaf": str(root / "link"),
+            "relative": "outside/snap",
+            "the-root": str(root),
+            "prefix-not-a-parent": f"{root}x/snap",
+            "elsewhere": str(tmp_path.parent / f"{tmp_path.name}-elsewhere"),
+        }
+        for sid, directory in refused.items():
+            done = _snapshot(sup, directory, sid)
+            assert done["ok"] is False and done["error"], (sid, done)
+        assert _files(outside) == [], "the rank wrote outside its root"
+        assert not Path(f"{root}x").exists()
+        assert not (tmp_path.parent / f"{tmp_path.name}-elsewhere").exists()
+        assert _files(root) == ["link"]
+        # A command inside the root still works, and the agent is alive and answering.
+        done = _snapshot(sup, str(root / "snap-a0-s3-0"), "good")
+        assert done["ok"] is True, done
+        assert (root / "snap-a0-s3-0" / "stripe-0-of-1.safetensors").is_file()
+        sup.send(Msg.QUERY, {})
+        assert sup.expect(Msg.STATE).body["completed"] == 3
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_snapshot_without_a_root_is_refused(sup, tmp_path: Path) -> None:
+    child = spawn(INIT + REGISTER, {"JITC_SOCKET": sup.path})
+    sup.accept()
+    sup.expect(Msg.HELLO)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        done = _snapshot(sup, str(tmp_path / "snap"), "noroot")
+        assert done["ok"] is False and "JITC_DIR" in done["error"]
+        assert not (tmp_path / "snap").exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_snapshot_files_are_private_whatever_the_umask(sup, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    child = _rank(sup, root, umask=0)
+    try:
+        done = _snapshot(sup, str(root / "snap-x" / "shard-0"), "x")
+        assert done["ok"] is True, done
+    finally:
+        child.kill()
+        child.wait()
+    for d in (root / "snap-x", root / "snap-x" / "shard-0"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    files = list((root / "snap-x" / "shard-0").iterdir())
+    assert {f.suffix for f in files} == {".safetensors", ".done"}
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
