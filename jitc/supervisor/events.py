@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .. import private
-
 from ..causes import describe
 
 NAMES = frozenset({

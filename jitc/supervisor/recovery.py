@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..causes import Cause, from_oserror, parse
 from .. import private
+from ..causes import Cause, from_oserror, parse
 from ..errors import JitcError
 from ..protocol import Msg
 from .events import EventLog
