@@ -117,11 +117,11 @@ bool parse_snapshot(const json::Value& body, SnapshotCommand* c, std::string* wh
   }
   c->nstripes = static_cast<int>(k);
   if (stripes != nullptr && stripes->type == json::Value::Type::Array) {
+    std::vector<bool> seen(static_cast<size_t>(k), false);
     for (const json::Value& x : stripes->arr) {
       int64_t j = -1;
-      bool good = x.as_int(0, k - 1, &j);
-      for (int seen : c->stripes)
-        if (seen == j) good = false;
+      bool good = x.as_int(0, k - 1, &j) && !seen[static_cast<size_t>(j)];   // once each
+      if (good) seen[static_cast<size_t>(j)] = true;
       if (!good && why->empty()) *why = "malformed SNAPSHOT command: stripes";
       if (c->stripes.size() < static_cast<size_t>(kMaxStripes)) c->stripes.push_back(good ? static_cast<int>(j) : -1);
     }

@@ -169,6 +169,8 @@ def validate(kind: Msg, body: dict[str, Any]) -> None:
             raise ProtocolError(f"HELLO: rank {body['rank']} outside world_size {world}")
         if shards is not None and body.get("shard") is not None and body["shard"] >= shards:
             raise ProtocolError(f"HELLO: shard {body['shard']} outside num_shards {shards}")
+        if shards is not None and world is not None and shards > world:
+            raise ProtocolError(f"HELLO: num_shards {shards} exceeds world_size {world}")
     if kind is Msg.SNAPSHOT and any(j >= body["nstripes"] for j in body["stripes"]):
         raise ProtocolError("SNAPSHOT: stripe index outside nstripes")
 
