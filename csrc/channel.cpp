@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <string>
 
 #include "config.h"
 #include "core.h"
@@ -47,7 +48,25 @@ int connect_to(const std::string& path, double timeout_s, std::string* why) {
       *why = std::string("socket: ") + std::strerror(errno);
       return -1;
     }
-    if (connect(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) == 0) return fd;
+    if (connect(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) == 0) {
+      // Whoever listens there is the one whose commands this rank obeys: it must be this
+      // user's (issue 13: a socket swapped by another user got both root ranks' state).
+      struct ucred cred;
+      socklen_t len = sizeof cred;
+      if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        *why = "connect " + path + ": no peer credentials: " + std::strerror(errno);
+        close(fd);
+        return -1;
+      }
+      if (cred.uid != geteuid()) {
+        *why = "connect " + path + ": the socket is served by uid " + std::to_string(cred.uid) +
+               " (pid " + std::to_string(cred.pid) + "), not by this user (uid " +
+               std::to_string(geteuid()) + "): refusing it";
+        close(fd);
+        return -1;
+      }
+      return fd;
+    }
     last_errno = errno;
     close(fd);
     // Only "not there yet" is worth retrying; anything else will not heal in 2 s.

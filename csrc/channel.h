@@ -30,7 +30,8 @@ enum Type : uint8_t {
 };
 
 // Connects to path, retrying (the supervisor may still be binding) for up to timeout_s.
-// Returns the descriptor (close-on-exec) or -1 with a reason.
+// Returns the descriptor (close-on-exec) or -1 with a reason; a socket served by another
+// user's process (SO_PEERCRED of the listener) is refused.
 int connect_to(const std::string& path, double timeout_s, std::string* why);
 
 // Sends one record: header + payload in a single sendmsg(). Never raises SIGPIPE. If the

@@ -145,3 +145,43 @@ def test_infinity_in_a_failure_does_not_kill_a_healthy_job(tmp_path: Path) -> No
     assert "internal error" not in proc.stderr, proc.stderr
     assert proc.returncode == 0, proc.stderr
     assert "dropped a record from pid" in proc.stderr and "Infinity" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to serve a socket as another user")
+def test_rank_refuses_a_socket_served_by_another_user(tmp_path: Path) -> None:
+    """The audit's swapped socket, from the rank's side: another user's process listens at
+    JITC_SOCKET; the rank must not connect to it (it would obey its SNAPSHOT commands and
+    report to it), and jitc_init fails saying why."""
+    from tests.shim.conftest import spawn
+    d = tempfile.mkdtemp(prefix="jitc-", dir="/tmp")
+    os.chown(d, NOBODY, NOBODY)
+    path = os.path.join(d, "jitc.sock")
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # the other user's "supervisor"
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            listener.bind(path)
+            listener.listen(8)
+            os.write(ready_w, b"1")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        child = spawn("rc = lib.jitc_init(0, 0, 1, 0, 1)\n"
+                      "print(rc, ffi.string(lib.jitc_last_error()).decode(), flush=True)\n",
+                      {"JITC_SOCKET": path, "JITC_DIR": str(tmp_path)})
+        out, err = child.communicate(timeout=30)
+        rc, _, why = out.strip().partition(" ")
+        assert rc != "0", out
+        assert "served by uid 65534" in why, out + err
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
