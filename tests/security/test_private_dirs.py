@@ -109,11 +109,15 @@ def test_default_run_dir_parent_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(run.stat().st_mode) == 0o700
 
 
-def test_shim_only_jitc_dir_of_another_user_is_refused_by_protect(tmp_path: Path) -> None:
+@pytest.mark.parametrize("owner,why", [(NOBODY, "uid 65534"), (0, "writable by group and others")])
+def test_shim_only_jitc_dir_not_private_is_refused_by_protect(tmp_path: Path, owner: int,
+                                                              why: str) -> None:
+    # The audit's shim-only case: a world-writable JITC_DIR where another user can place a
+    # forged snapshot for the root job to resume from.
     root = tmp_path / "snaps"
     root.mkdir()
     os.chmod(root, 0o777)
-    os.chown(root, NOBODY, NOBODY)
+    os.chown(root, owner, owner)
     script = ("import torch, jitc\n"
               "m = torch.nn.Linear(2, 2)\n"
               "jitc.protect(m, torch.optim.SGD(m.parameters(), lr=0.1))\n"
@@ -125,7 +129,7 @@ def test_shim_only_jitc_dir_of_another_user_is_refused_by_protect(tmp_path: Path
     assert proc.returncode == 2, proc.stderr
     assert "protected" not in proc.stdout
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "JITC_DIR" in lines[0] and "uid 65534" in lines[0], proc.stderr
+    assert len(lines) == 1 and "JITC_DIR" in lines[0] and why in lines[0], proc.stderr
     assert list(root.iterdir()) == []
 
 
@@ -249,8 +253,8 @@ def test_supervised_run_with_umask_0_leaves_only_private_files(tmp_path: Path) -
             seen["files"] += 1
             if mode != 0o600:
                 wrong.append((os.path.join(dirpath, name), oct(mode)))
+    assert not wrong, wrong
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     names = {p.name for p in run_dir.rglob("*")}
     assert "manifest.json" in names and "events.jsonl" in names
     assert any(n.endswith(".safetensors") for n in names) and any(n.endswith(".done") for n in names)
-    assert not wrong, wrong
