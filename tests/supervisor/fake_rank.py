@@ -36,6 +36,8 @@ NTENSORS = 4
 NUMEL = 256
 FINGERPRINT = "fake-model-v1"
 META_KEY = "__jitc_meta__"
+SNAPSHOT_FORMAT = "jitc-snapshot/1"   # jitc/snapshot/format.py (not imported: it loads torch)
+META_FORMAT = "jitc-meta/1"           # jitc/snapshot/meta.py
 
 
 def _crc_table():
@@ -124,12 +126,14 @@ class Rank:
             tensors = {f"w{i}": np.full(NUMEL, float(step + i), dtype=np.float32)
                        for i in range(NTENSORS) if i % k == j}
             if j == 0:
-                meta = json.dumps({"step": step, "extras": {}}).encode()
+                meta = json.dumps({"format": META_FORMAT,
+                                   "state": {"step": step, "extras": {}}}).encode()
                 tensors[META_KEY] = np.frombuffer(meta, dtype=np.uint8).copy()
             path = d / f"stripe-{j}-of-{k}.safetensors"
             tmp = path.with_suffix(".tmp")
             save_file(tensors, str(tmp), metadata={
-                "step": str(step), "fingerprint": FINGERPRINT, "stripe": str(j),
+                "format": SNAPSHOT_FORMAT, "step": str(step), "fingerprint": FINGERPRINT,
+                "stripe": str(j),
                 "nstripes": str(k), "shapes": json.dumps({f"w{i}": [NUMEL] for i in range(NTENSORS)})})
             os.replace(tmp, path)
             data = path.read_bytes()
