@@ -373,6 +373,10 @@ class Supervisor:
                 self.events.emit("resumed", self.attempt, rank=conn.rank, step=step,
                                  replayed=replayed, manifest=body.get("manifest"))
         elif msg.type is Msg.STATE:
+            if body.get("shard") is not None and body["shard"] != info.shard:
+                conn.drop(f"STATE of rank {conn.rank} names shard {body['shard']}, "
+                          f"its HELLO said {info.shard}")
+                return
             info.state = body
             if self.recovery is not None:
                 self.recovery.on_state(conn.rank, body, now)

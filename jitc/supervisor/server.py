@@ -149,8 +149,8 @@ def hello_refusal(conn: Connection, body: dict[str, Any], rank_conn: dict[int, C
                   ranks: dict[int, RankInfo]) -> str | None:
     """Why the (well-typed) HELLO ``body`` on ``conn`` must be dropped, or None. A HELLO
     claims a rank for the process that made the connection: its pid must be the peer's,
-    the rank must not be held by another open connection, and the world it names must be
-    the one the attempt's other ranks named."""
+    the rank must not be held by another open connection, and the world and number of
+    shards it names must be those the attempt's other ranks named."""
     rank, pid = body["rank"], body["pid"]
     if conn.rank is not None:
         return f"a second HELLO on rank {conn.rank}'s connection"
@@ -165,6 +165,9 @@ def hello_refusal(conn: Connection, body: dict[str, Any], rank_conn: dict[int, C
             return f"HELLO for rank {rank}, outside this job's world of {world}"
         if body.get("world_size") is not None and body["world_size"] != world:
             return f"HELLO for rank {rank} says world_size {body['world_size']}, not {world}"
+    shards = next((i.num_shards for i in ranks.values()), None)
+    if shards is not None and (body.get("num_shards") or 1) != shards:
+        return f"HELLO for rank {rank} says num_shards {body.get('num_shards') or 1}, not {shards}"
     return None
 
 
