@@ -78,6 +78,17 @@ def _stderr(text: str) -> None:
     print(f"jitc: {text}", file=sys.stderr, flush=True)
 
 
+def _quiet(log: Log) -> Log:
+    """``log``, except that a closed or broken stderr is not an error: a peer's bad frame
+    must not be able to end the supervisor through its log line."""
+    def write(text: str) -> None:
+        try:
+            log(text)
+        except (OSError, ValueError):
+            pass
+    return write
+
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process that connected ``sock``."""
     return _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
@@ -90,7 +101,7 @@ class Connection:
         self.rank: int | None = None   # known after HELLO
         self.closed = False
         self.dropped = 0               # malformed records dropped
-        self._log = log
+        self._log = _quiet(log)
 
     def drop(self, why: str) -> None:
         """Log (bounded) that a record from this peer was dropped, and why."""
@@ -176,7 +187,7 @@ class Server:
 
     def __init__(self, path: Path, log: Log = _stderr):
         self.path = path
-        self._log = log
+        self._log = _quiet(log)
         self.uid = os.geteuid()
         if path.exists() or path.is_symlink():
             path.unlink()

@@ -185,3 +185,13 @@ def test_rank_refuses_a_socket_served_by_another_user(tmp_path: Path) -> None:
         os.close(ready_w)
         import shutil
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_dropped_frame_with_stderr_closed_is_still_only_dropped(tmp_path: Path) -> None:
+    from ._harness import Harness
+    h = Harness(tmp_path)
+    h.log.close()                                  # the supervisor's stderr is gone
+    a = h.connect()
+    h.send(a, Msg.HELLO, rank=0, pid=a.peer_pid, world_size=1)
+    h.send_raw(a, protocol.HEADER.pack(b"JT", 1, int(Msg.FAILURE), 5) + b"{nope")
+    assert a.dropped == 1 and h.sup.failures == []
