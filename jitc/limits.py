@@ -10,7 +10,7 @@ the same rules (the C++ twins are named beside each constant), so both modes agr
 ``jitc_limits()`` in the library reports what the shim uses; tests/supervisor/test_limits.py
 holds it against this module.
 
-Relations (checked by ``Limits``' constructor and the tests):
+Relations (they hold by construction; tests/supervisor/test_limits.py asserts them):
 
 - the supervisor's hang backstop fires after the rank's watchdog would
   (``backstop_s(t) > t``);
@@ -20,6 +20,7 @@ Relations (checked by ``Limits``' constructor and the tests):
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -98,9 +99,8 @@ class Limits:
 
     def to_env(self) -> dict[str, str]:
         """What the supervisor puts into the job's environment: every limit, resolved."""
-        out = {name: repr(float(getattr(self, field))) for field, name in _FIELDS.items()
-               if getattr(self, field) is not None}
-        return out
+        return {name: repr(float(getattr(self, field))) for field, name in _FIELDS.items()
+                if getattr(self, field) is not None}
 
     @property
     def sigterm_hold_s(self) -> float:
@@ -146,7 +146,6 @@ def check_rank_env() -> Limits:
     """For ``protect()`` in a rank: the limits and attempt the environment gives, or the
     reason it is malformed as one line and exit 2 (the supervisor refuses the same values
     before starting anything; a traceback in every rank would bury it)."""
-    import sys
     try:
         attempt()
         return Limits.from_env()

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from .. import env, private
+from .. import env, failures, private
 from ..causes import Cause, from_oserror
 from ..errors import UsageError
 from ..faults import join_specs
@@ -269,7 +269,7 @@ class Supervisor:
                 extra["signal"] = signal.Signals(-rc).name
             if rc == 0:
                 extra["detail"] = f"job exited 0 while ranks {waiting} were still running"
-            self._record(Failure(rank=None, kind="exit", ts=now, extra=extra), now)
+            self._record(Failure(rank=None, kind=failures.EXIT, ts=now, extra=extra), now)
 
     def _stop_job(self, now: float, roots: list[Failure], published: bool = False) -> None:
         """Stop the job; ``published``: its snapshot is on disk, nothing of it is needed
@@ -398,7 +398,7 @@ class Supervisor:
             return
         if self.state in (State.RUNNING, State.SETTLING) and not info.failed:
             # Socket EOF without GOODBYE: the process is gone (SIGKILL, OOM kill, ...).
-            self._record(Failure(rank=conn.rank, kind="crash", ts=now, step=info.step,
+            self._record(Failure(rank=conn.rank, kind=failures.CRASH, ts=now, step=info.step,
                                  phase=info.phase), now)
         if self.recovery is not None:
             self.recovery.on_disconnect(conn.rank, now)
@@ -447,7 +447,7 @@ class Supervisor:
         for info in sorted(self.ranks.values(), key=lambda i: i.rank):
             if info.connected and not info.goodbye and info.step is not None:
                 self._record(Failure(
-                    rank=info.rank, kind="hang", ts=now, step=info.step, phase=info.phase,
+                    rank=info.rank, kind=failures.HANG, ts=now, step=info.step, phase=info.phase,
                     progress=(info.completed or 0, info.phase),
                     extra={"detail": f"no progress for {now - info.last_change:.1f}s "
                                      "(supervisor backstop)"}), now)
