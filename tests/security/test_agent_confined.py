@@ -127,3 +127,18 @@ def test_snapshot_files_are_private_whatever_the_umask(sup, tmp_path: Path) -> N
     assert {f.suffix for f in files} == {".safetensors", ".done"}
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_failure_detail_that_is_not_utf8_still_arrives(sup) -> None:
+    """A detail cut mid-character (or bytes from a C library) must not cost the report:
+    the receiver drops a record that is not UTF-8, so the shim writes U+FFFD instead."""
+    child = spawn(INIT + "lib.jitc_report_failure(b'exception', b'bad \\xff\\xfe x \\xe4\\xb8')\n"
+                  "print('sent', flush=True)\ntime.sleep(30)\n", {"JITC_SOCKET": sup.path})
+    try:
+        sup.accept()
+        sup.expect(Msg.HELLO)
+        detail = sup.expect(Msg.FAILURE).body["detail"]
+        assert detail == "bad \ufffd\ufffd x \ufffd\ufffd", detail
+    finally:
+        child.kill()
+        child.wait()
