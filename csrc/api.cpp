@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <string>
 
 #include "agent.h"
@@ -31,7 +32,10 @@ namespace {
 constexpr int kApiVersion = 100;
 constexpr size_t kMaxDetail = 2048;   // user text in a FAILURE is cut to this
 
-thread_local char t_last_error[512] = "";
+constexpr size_t kLastError = 512;
+// On the heap, made by the thread's first error: the library's TLS block must stay small
+// (see t_group in interpose/nccl_watch.cpp).
+thread_local char* t_last_error = nullptr;
 // Re-entry guard: report_failure -> local recovery -> snapshot -> an interposed call that
 // fails -> report_failure must not recurse.
 thread_local bool t_in_report = false;
@@ -42,9 +46,12 @@ int fail(int status, const char* fmt, ...) __attribute__((format(printf, 2, 3)))
 int fail(int status, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  std::vsnprintf(t_last_error, sizeof t_last_error, fmt, ap);
+  if (t_last_error == nullptr) t_last_error = new (std::nothrow) char[kLastError];
+  char scratch[kLastError];
+  char* out = t_last_error != nullptr ? t_last_error : scratch;
+  std::vsnprintf(out, kLastError, fmt, ap);
   va_end(ap);
-  debug("%s", t_last_error);
+  debug("%s", out);
   return status;
 }
 
@@ -186,7 +193,9 @@ extern "C" {
 
 JITC_API int jitc_api_version(void) { return jitc::kApiVersion; }
 
-JITC_API const char* jitc_last_error(void) { return jitc::t_last_error; }
+JITC_API const char* jitc_last_error(void) {
+  return jitc::t_last_error != nullptr ? jitc::t_last_error : "";
+}
 
 JITC_API int jitc_init(int rank, int local_rank, int world_size, int shard, int num_shards) {
   if (rank < 0 || world_size < 1 || rank >= world_size || local_rank < 0)

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdio>
 #include <mutex>
+#include <new>
 
 #include "core.h"
 #include "wrap.h"
@@ -102,10 +103,15 @@ struct Deferred {
 };
 constexpr int kGroupOps = 32;
 thread_local int t_group_n = 0;
-thread_local Deferred t_group[kGroupOps];
+// On the heap, made by the thread's first grouped call (and kept for the thread's life):
+// t_thread is initial-exec, which puts the library's whole TLS block in the static TLS
+// surplus; 1 KiB more there and a dlopen after torch failed ("cannot allocate memory in
+// static TLS block").
+thread_local Deferred* t_group = nullptr;
 
 void group_defer(ncclComm_t comm, const char* name, cudaStream_t stream, bool never_complete) {
-  if (t_group_n < kGroupOps) {
+  if (t_group == nullptr) t_group = new (std::nothrow) Deferred[kGroupOps];
+  if (t_group != nullptr && t_group_n < kGroupOps) {
     t_group[t_group_n++] = Deferred{comm, name, stream, never_complete};
   } else {
     g_dropped.fetch_add(1, std::memory_order_relaxed);
