@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -23,6 +24,7 @@
 #include "json.h"
 #include "signals.h"
 #include "snapshot/engine.h"
+#include "snapshot/internal.h"
 #include "state.h"
 
 namespace jitc::agent {
@@ -347,17 +349,38 @@ void run_pollers(uint64_t now) {
   }
 }
 
+// Shim-only: may a SIGTERM (torchrun stopping the group because a peer failed) be answered
+// with this rank's snapshot? It is not the rank's own failure, so its state is trusted
+// unless it reported a failure of a SUSPECT kind (failure_kinds.def); and only while
+// training runs, with something registered and somewhere to write it.
+bool write_on_term() {
+  State& s = state();
+  return s.cfg.socket_path.empty() && !s.cfg.dir.empty() && s.stepping.load() &&
+         !s.suspect.load() && snapshot::registered_bytes() > 0;
+}
+
+void write_local(const char* reason, uint64_t deadline_ns);
+
 // A held SIGTERM is due when no snapshot is running (or it has run past the bound) and,
 // supervised, the supervisor had its chance: RELEASE came, a SNAPSHOT ran, or the wait for
-// one ran out.
+// one ran out. Shim-only, a trusted rank first writes its own snapshot (within the hold)
+// and exits as local_recovery does.
 void check_sigterm(Loop& loop, uint64_t now) {
   State& s = state();
   uint64_t since = s.term_pending_ns.load();
   if (since == 0) return;
   double held = now > since ? static_cast<double>(now - since) / 1e9 : 0.0;
   bool due;
-  if (s.snapshot_running.load()) {
+  if (s.snapshot_running.load() || s.recovering.load()) {
+    // Another thread's local recovery exits the process itself; only the bound is ours.
     due = held > s.cfg.sigterm_hold_s;
+  } else if (s.cfg.socket_path.empty()) {
+    if (write_on_term() && !s.recovering.exchange(true)) {
+      write_local("SIGTERM from the launcher",
+                  since + static_cast<uint64_t>(s.cfg.sigterm_hold_s * 1e9));
+      _exit(limits::kLocalRecoveryExitCode);
+    }
+    due = true;
   } else {
     bool supervised = s.fd.load() >= 0 && !s.orphaned.load();
     bool waiting = supervised && !s.release_received.load() && !loop.snapshot_since_term;
@@ -422,7 +445,7 @@ bool make_dirs(const std::string& path, std::string* why) {
     if (next == std::string::npos) next = path.size();
     cur = path.substr(0, next);
     if (!cur.empty() && mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST) {
-      *why = "mkdir " + cur + ": " + std::strerror(errno);
+      *why = snapshot::os_error("mkdir", cur, errno);   // "mkdir PATH: ENOSPC (...)"
       return false;
     }
     pos = next + 1;
@@ -477,6 +500,70 @@ void stop(double timeout_s) {
   if (efd >= 0 && done) close(efd);
 }
 
+namespace {
+
+double seconds_until(uint64_t deadline_ns) {
+  uint64_t now = now_ns();
+  return deadline_ns > now ? static_cast<double>(deadline_ns - now) / 1e9 : 0.0;
+}
+
+// Writes stripe 0 of 1 of the registered state into this rank's own snapshot directory and
+// says what happened on stderr (shim-only mode has no supervisor to log it): the snapshot
+// written (local rank 0; every rank writes one), or why not (every rank). deadline_ns 0:
+// the usual bounds (window wait, JITC_SNAPSHOT_TIMEOUT); else everything ends by then: the
+// window wait takes at most half of what is left past the writer's join grace.
+void write_local(const char* reason, uint64_t deadline_ns) {
+  State& s = state();
+  const Config& c = s.cfg;
+  int64_t step = s.completed.load();
+  debug("local recovery (%s) at step %lld", reason, static_cast<long long>(step));
+  if (c.dir.empty()) {
+    debug("JITC_DIR not set: no snapshot written");
+    return;
+  }
+  if (snapshot::registered_bytes() == 0) {
+    debug("nothing registered: no snapshot written");
+    return;
+  }
+  const uint64_t t0 = now_ns();
+  double wait_s = limits::kSnapshotWindowWaitS, write_s = c.snapshot_timeout_s;
+  if (deadline_ns != 0) {
+    double left = seconds_until(deadline_ns) - limits::kSnapshotJoinGraceS;
+    wait_s = std::min(wait_s, left / 2);
+  }
+  std::string why, dir;
+  bool ok = false;
+  if (wait_s > 0 && snapshot_enter(wait_s, &why)) {
+    step = s.completed.load();  // stable now: the window is closed
+    if (deadline_ns != 0)
+      write_s = std::min(write_s, seconds_until(deadline_ns) - limits::kSnapshotJoinGraceS);
+    dir = c.dir + "/snap-a" + std::to_string(c.attempt) + "-s" + std::to_string(step) + "-" +
+          std::to_string(c.rank);
+    if (write_s <= 0) {
+      why = "no time left before the SIGTERM is due";
+    } else if (make_dirs(dir, &why)) {
+      for (const auto& r : snapshot::write_stripes(dir, 1, {0}, step, write_s)) {
+        debug("local snapshot stripe %d: %s %s", r.stripe, r.ok ? "ok" : "FAILED",
+              r.ok ? r.file.c_str() : r.error.c_str());
+        ok = r.ok;
+        if (!r.ok) why = r.error;
+      }
+    }
+    snapshot_exit();
+  } else if (why.empty()) {
+    why = "no time left before the SIGTERM is due";
+  }
+  double took = static_cast<double>(now_ns() - t0) / 1e9;
+  if (ok && c.local_rank == 0)
+    notice("rank %d (%s): snapshot of step %lld written to %s in %.2f s", c.rank, reason,
+           static_cast<long long>(step), dir.c_str(), took);
+  else if (!ok)
+    notice("rank %d (%s): snapshot of step %lld not written: %s", c.rank, reason,
+           static_cast<long long>(step), why.c_str());
+}
+
+}  // namespace
+
 void local_recovery(const char* reason) {
   State& s = state();
   if (s.recovering.exchange(true)) {
@@ -485,29 +572,7 @@ void local_recovery(const char* reason) {
                                                               limits::kSnapshotWindowWaitS));
     _exit(limits::kLocalRecoveryExitCode);
   }
-  const Config& c = s.cfg;
-  int64_t step = s.completed.load();
-  debug("local recovery (%s) at step %lld", reason, static_cast<long long>(step));
-  if (c.dir.empty()) {
-    debug("JITC_DIR not set: no snapshot written");
-  } else if (snapshot::registered_bytes() == 0) {
-    debug("nothing registered: no snapshot written");
-  } else {
-    std::string why;
-    if (snapshot_enter(limits::kSnapshotWindowWaitS, &why)) {
-      step = s.completed.load();  // stable now: the window is closed
-      std::string dir = c.dir + "/snap-a" + std::to_string(c.attempt) + "-s" +
-                        std::to_string(step) + "-" + std::to_string(c.rank);
-      if (make_dirs(dir, &why)) {
-        auto results = snapshot::write_stripes(dir, 1, {0}, step, c.snapshot_timeout_s);
-        for (const auto& r : results)
-          debug("local snapshot stripe %d: %s %s", r.stripe, r.ok ? "ok" : "FAILED",
-                r.ok ? r.file.c_str() : r.error.c_str());
-      }
-      snapshot_exit();
-    }
-    if (!why.empty()) debug("local snapshot not written: %s", why.c_str());
-  }
+  write_local(reason, 0);
   _exit(limits::kLocalRecoveryExitCode);
 }
 

@@ -91,6 +91,7 @@ void reset_runtime_state() {
   s.orphaned.store(false);
   s.fatal_sent.store(false);
   s.recovering.store(false);
+  s.suspect.store(false);
   s.term_pending_ns.store(0);
   std::lock_guard<std::mutex> lock(s.mu);
   s.window_open = false;
@@ -164,6 +165,7 @@ void report_failure(FailureKind kind, Severity severity, const char* error, long
     }
     s.fail_keys.push_back(key);
   }
+  if (severity == Severity::Fatal && !kind_info(kind).trusted) s.suspect.store(true);
   if (s.fd.load() >= 0) {
     std::string d = cut(detail);
     char buf[4096];
@@ -277,8 +279,10 @@ JITC_API int jitc_step_begin(int64_t step) {
   if (!jitc::active()) return fail(JITC_E_STATE, "jitc_step_begin: not initialised");
   if (step < 0) return fail(JITC_E_INVALID, "jitc_step_begin: negative step %lld",
                             static_cast<long long>(step));
+  // `completed` first, then the window closes: a snapshot waiting for the window reads
+  // `completed` as soon as it is let in, and the state is already `step`'s (I1).
+  s.completed.store(step, std::memory_order_release);
   if (s.window_flag.load(std::memory_order_acquire)) jitc::window_close();
-  s.completed.store(step, std::memory_order_relaxed);
   s.marks.store(0, std::memory_order_relaxed);
   s.phase.store(JITC_PHASE_FORWARD, std::memory_order_relaxed);
   s.stepping.store(true, std::memory_order_relaxed);
@@ -290,8 +294,8 @@ JITC_API int jitc_steps_finished(int64_t completed) {
   State& s = state();
   if (!jitc::active()) return fail(JITC_E_STATE, "jitc_steps_finished: not initialised");
   if (completed < 0) return fail(JITC_E_INVALID, "jitc_steps_finished: negative count");
+  s.completed.store(completed);   // before the window closes, as in jitc_step_begin
   if (s.window_flag.load(std::memory_order_acquire)) jitc::window_close();
-  s.completed.store(completed);
   s.phase.store(JITC_PHASE_IDLE);
   s.stepping.store(false);
   s.watchdog.load()->steps_finished(jitc::now_ns());

@@ -63,6 +63,10 @@ inline bool take_fault(Fault f) {
 
 // Logging: only with JITC_DEBUG=1, to stderr, "[jitc pid:tid] ..." (invariant I7).
 void debug(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// One line to stderr, "jitc: ...", whatever JITC_DEBUG says: only for a real event the user
+// must hear of in shim-only mode, where no supervisor logs it (a snapshot written, or not
+// written and why). Never stdout (I7).
+void notice(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // GPU side of the snapshot engine, implemented in interpose/cudart.cpp with the *real*
 // runtime functions: copy n bytes from device memory src (on device `device`) into host

@@ -1,5 +1,6 @@
-// jitc::debug: the shim's only output (invariant I7). Silent unless JITC_DEBUG=1; then one
-// write(2) per line to stderr, so lines from several threads do not interleave mid-line.
+// jitc::debug: the shim's log (invariant I7). Silent unless JITC_DEBUG=1; then one write(2)
+// per line to stderr, so lines from several threads do not interleave mid-line. jitc::notice:
+// the one-line stderr notice of a real event (core.h), the same way.
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -31,6 +32,20 @@ void debug(const char* fmt, ...) {
   int m = std::vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
   va_end(ap);
   size_t len = static_cast<size_t>(n) + (m < 0 ? 0 : static_cast<size_t>(m));
+  if (len > sizeof line - 2) len = sizeof line - 2;
+  line[len++] = '\n';
+  ssize_t ignored = write(STDERR_FILENO, line, len);
+  (void)ignored;
+}
+
+void notice(const char* fmt, ...) {
+  char line[1024] = "jitc: ";
+  const size_t n = 6;
+  va_list ap;
+  va_start(ap, fmt);
+  int m = std::vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+  va_end(ap);
+  size_t len = n + (m < 0 ? 0 : static_cast<size_t>(m));
   if (len > sizeof line - 2) len = sizeof line - 2;
   line[len++] = '\n';
   ssize_t ignored = write(STDERR_FILENO, line, len);

@@ -60,11 +60,19 @@ void fatal_handler(int sig, siginfo_t*, void*) {
 }
 
 // Whether a SIGTERM must wait: a snapshot is being written, or (supervised, before
-// RELEASE) the supervisor may still ask this healthy rank for one.
+// RELEASE) the supervisor may still ask this healthy rank for one, or (shim-only, training
+// under way) the agent may write this rank's own snapshot first (agent.cpp check_sigterm
+// decides, bounded by the hold). The launcher's SIGTERM is not this rank's fault; a rank
+// that reported a failure of its own (suspect) is not held.
 bool should_hold_sigterm() {
   State& s = state();
   if (!hot::active.load(std::memory_order_acquire)) return false;
   if (s.snapshot_running.load(std::memory_order_acquire)) return true;
+  if (s.cfg.socket_path.empty()) {
+    if (s.cfg.dir.empty()) return false;
+    return s.recovering.load(std::memory_order_acquire) ||
+           (s.stepping.load(std::memory_order_acquire) && !s.suspect.load(std::memory_order_acquire));
+  }
   bool supervised = s.fd.load(std::memory_order_acquire) >= 0 &&
                     !s.orphaned.load(std::memory_order_acquire);
   return supervised && !s.release_received.load(std::memory_order_acquire);

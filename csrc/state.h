@@ -50,6 +50,9 @@ struct State {
   std::atomic<bool> orphaned{false};      // the supervisor went away
   std::atomic<bool> fatal_sent{false};    // one FAILURE from a dying process, not several
   std::atomic<bool> recovering{false};    // shim-only local recovery under way
+  // This rank reported a fatal failure of its own (a SUSPECT kind, failure_kinds.def): its
+  // state is never written, not even when a SIGTERM comes next.
+  std::atomic<bool> suspect{false};
   std::atomic<bool> snapshot_running{false};  // mirror of the gate, for the SIGTERM handler
   std::atomic<uint64_t> term_pending_ns{0};   // SIGTERM held since (0 = none)
 
