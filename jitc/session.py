@@ -7,6 +7,7 @@ beyond ``protect`` and ``steps``/``batches``.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -14,7 +15,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from . import env, excepthook, private, rng, warmset
+from . import carried, env, excepthook, private, rank_state, rng, warmset
 from . import faults as faults_mod
 from . import limits
 from . import state as st
@@ -24,6 +25,7 @@ from .errors import CorruptSnapshotError, JitcError
 from .resume import restore
 from .snapshot import meta as meta_record
 
+log = logging.getLogger("jitc")
 PHASE = {"idle": 0, "forward": 1, "backward": 2, "optimizer": 3}
 OPTIMIZER_WAIT_S = 600.0     # how long optimizer.step() waits for a running snapshot
 PERIODIC_TIMEOUT_S = 300.0
@@ -62,6 +64,9 @@ class Session:
             raise JitcError(f"stage {self.stage} is outside 0..{self.num_stages - 1}")
         self.checkfree_plus = bool(checkfree_plus)
         self._recorded: dict[str, Any] = {}
+        self._carried: dict[str, carried.Getter] = {}   # see carry()
+        self._kept: dict[str, Any] = {}                  # restored, not yet handed back
+        self._rank_store: rank_state.RankStore | None = None
         self.periodic_every = periodic_every
         # State the meta record cannot hold fails now, in one line naming it (MetaError),
         # not at recovery time; and before the shim starts anything.
@@ -90,6 +95,7 @@ class Session:
         if self.resumed_from is not None:
             self._register()
             self._lib.jitc_report_resumed(self.start_step, str(self.resumed_from).encode())
+        self._restore_carried()
         specs = faults_mod.parse_specs([env.get(env.INJECT, "")])
         self._injector = faults_mod.Injector(specs, self.rank, self.attempt, self._announce)
         self._install_hooks()
@@ -156,6 +162,59 @@ class Session:
         """
         self._recorded.update(values)
 
+    # -- state carried across steps, each rank its own (carried.py, rank_state.py) -------
+    def carry(self, name: str, get: carried.Getter) -> Any:
+        """Keep what ``get()`` returns, this rank's own, across a restart.
+
+        For values your loop carries from one step to the next that are neither model nor
+        optimizer state nor drawn inside the step: a batch prefetched for the next step, a
+        running average kept outside the model, a rank-0-only ``best_val_loss``, a per-rank
+        counter. ``get`` is called at every step boundary (and before each optimizer step);
+        returns the value kept for the resume step when this run resumed, else ``get()``::
+
+            X, Y = session.carry("batch", lambda: (X, Y))
+
+        Tensors (CUDA too) are copied to the CPU at each capture and come back on their
+        device. Other values: what the meta record holds (plain data), checked now.
+        """
+        if not isinstance(name, str) or not callable(get):
+            raise JitcError("session.carry(name, get): name is a str, get a callable")
+        value = get()
+        meta_record.encode(carried.to_cpu(value, []))   # MetaError names what it cannot hold
+        self._carried[name] = get
+        return self._kept.pop(name) if name in self._kept else value
+
+    def _restore_carried(self) -> None:
+        root = env.get(env.DIR)
+        if self.resumed_from is None or root is None:
+            return
+        rec = rank_state.choose(rank_state.RankStore(root, self.rank).read(), self.start_step,
+                                self.rank)
+        if rec is not None:
+            self._kept = carried.restore(rec.get("values") or {}, rec.get("devices") or {})
+        if self.local_rank == 0 and self.extra_state:
+            for key, ranks in rank_state.replica_mismatch(root, self.start_step,
+                                                          self.stage).items():
+                log.warning("jitc: extra_state[%r] differed between replicas %s at step %d: "
+                            "the snapshot holds one replica's value; a value that differs "
+                            "between ranks belongs in session.carry()", key, ranks,
+                            self.start_step)
+
+    def _keep(self, completed: int, provisional: bool) -> None:
+        if not self._carried and not (self.extra_state and self.world_size > self.num_stages):
+            return
+        root = env.get(env.DIR)
+        if root is None:
+            return
+        if self._rank_store is None:
+            self._rank_store = rank_state.RankStore(root, self.rank)
+        values, devices = carried.capture(self._carried)
+        extra = {} if provisional else {
+            k: rank_state.digest(meta_record.encode(v.state_dict()))
+            for k, v in self.extra_state.items()}
+        self._rank_store.write(completed, rank_state.record(
+            self.rank, self.stage, completed, provisional, values, devices, extra))
+
     # -- hooks -------------------------------------------------------------------------
     def _install_hooks(self) -> None:
         self.model.register_forward_pre_hook(lambda *_: self._lib.jitc_mark())
@@ -183,6 +242,8 @@ class Session:
 
     def _before_optimizer(self, *_args) -> None:
         self._lib.jitc_set_phase(PHASE["optimizer"])
+        if self.step >= 0:
+            self._keep(self.step + 1, provisional=True)
         self._fire("optimizer")
         status = self._lib.jitc_optimizer_begin(OPTIMIZER_WAIT_S)
         check(status, "optimizer window (a snapshot is being written)")
@@ -221,6 +282,7 @@ class Session:
         # Order matters (I1): the meta for `step` is handed over while the window of the
         # previous optimizer step is still open, then step_begin closes it.
         check(self._set_meta(step), "jitc_set_meta")
+        self._keep(step, provisional=False)
         check(self._lib.jitc_step_begin(step), "jitc_step_begin")
         self.step = step
         self._in_backward = False

@@ -1,0 +1,129 @@
+"""Each rank's own state, kept outside the rank so that it survives the rank's death.
+
+A snapshot is written by the healthy replicas and holds what they share; what differs
+between ranks (a prefetched batch drawn from the rank's own RNG stream, a rank-0-only
+``best_val_loss``) would come back as a healthy replica's value, or not at all. So every
+rank writes its carried values (``Session.carry``, carried.py) itself, at every step
+boundary, into its own files under the snapshot root:
+
+    <JITC_DIR>/rank-state/rank-<r>.0, rank-<r>.1      (0700 directory, 0600 files)
+
+Two slots, by the parity of the step a record is for, so a rank killed mid-write leaves
+the other slot whole (a torn record does not decode and is skipped). A record is the
+meta format (jitc/snapshot/meta.py: plain data and CPU tensors, nothing that runs code):
+``{rank, shard, completed, provisional, values, devices, extra}``. Besides the record for
+step k written when step k begins, the rank writes one for k+1 just before its optimizer
+step (``provisional``): a rank that dies in the optimizer phase, after the all-reduce, is
+resumed at k+1 by its healthy peers, and what it fetched for k+1 was already fetched.
+
+The same files serve both modes (the supervisor's ``JITC_DIR`` is ``<run-dir>/snapshots``;
+shim-only it is the user's) and a restarted rank reads its own on the same node. ``extra``
+holds a digest of each ``extra_state`` entry, which claims to be replicated; at resume
+local rank 0 compares the replicas' digests and warns naming a key that differed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from . import private
+from .errors import CorruptSnapshotError
+from .snapshot import meta as meta_record
+
+log = logging.getLogger("jitc")
+SUBDIR = "rank-state"
+_NAME = re.compile(r"^rank-(\d+)\.[01]$")
+
+
+def digest(blob: bytes) -> str:
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            record = meta_record.decode(f.read(), str(path))
+    except (OSError, CorruptSnapshotError) as e:
+        log.debug("jitc: %s skipped: %s", path, e)
+        return None
+    return record if type(record) is dict and type(record.get("completed")) is int else None
+
+
+class RankStore:
+    """This rank's two slots. ``read`` before ``open``: opening truncates them."""
+
+    def __init__(self, root: str | os.PathLike, rank: int):
+        self.dir = Path(root) / SUBDIR
+        self.paths = [self.dir / f"rank-{rank}.{i}" for i in (0, 1)]
+        self._fds: list[int] | None = None
+
+    def read(self) -> list[dict]:
+        return [r for r in map(_read, self.paths) if r is not None]
+
+    def open(self) -> None:
+        private.make_dirs(self.dir)
+        self._fds = []
+        for path in self.paths:
+            with private.open_private(path, "wb", encoding=None) as f:
+                pass
+            self._fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
+
+    def write(self, completed: int, blob: bytes) -> None:
+        if self._fds is None:
+            self.open()
+        fd = self._fds[completed % 2]
+        # New bytes first, then cut the old tail: killed in between, the slot holds the new
+        # record followed by old bytes, which does not decode (skipped), never an old value.
+        os.pwrite(fd, blob, 0)
+        os.ftruncate(fd, len(blob))
+
+
+def choose(records: list[dict], step: int, rank: int) -> dict | None:
+    """The record to resume ``step`` from: the one for ``step``, else the newest older one
+    (with a warning: its values are that step's)."""
+    exact = [r for r in records if r["completed"] == step]
+    if exact:
+        return exact[0]
+    older = sorted((r for r in records if r["completed"] < step), key=lambda r: r["completed"])
+    newer = [r["completed"] for r in records if r["completed"] > step]
+    if newer:
+        log.warning("jitc: rank %d: carried values of step %s ignored (resuming at step %d)",
+                    rank, newer, step)
+    if older:
+        log.warning("jitc: rank %d: no carried values for step %d; using those of step %d",
+                    rank, step, older[-1]["completed"])
+        return older[-1]
+    if records or newer:
+        log.warning("jitc: rank %d: no carried values for step %d: session.carry() returns "
+                    "the values your script computes", rank, step)
+    return None
+
+
+def replica_mismatch(root: str | os.PathLike, step: int, shard: int) -> dict[str, list[int]]:
+    """extra_state keys whose digest differs between the replicas of ``shard`` at ``step``
+    (from every rank's final record of that step): key -> ranks."""
+    by_key: dict[str, dict[str, list[int]]] = {}
+    d = Path(root) / SUBDIR
+    if not d.is_dir():
+        return {}
+    for path in sorted(d.iterdir()):
+        if not _NAME.match(path.name):
+            continue
+        r = _read(path)
+        if (r is None or r["completed"] != step or r.get("provisional")
+                or r.get("shard") != shard or type(r.get("extra")) is not dict):
+            continue
+        for key, value in r["extra"].items():
+            by_key.setdefault(key, {}).setdefault(str(value), []).append(r.get("rank"))
+    return {k: sorted(sum(v.values(), [])) for k, v in by_key.items() if len(v) > 1}
+
+
+def record(rank: int, shard: int, completed: int, provisional: bool, values: dict[str, Any],
+           devices: dict[str, list[str]], extra: dict[str, str]) -> bytes:
+    return meta_record.encode({"rank": rank, "shard": shard, "completed": completed,
+                               "provisional": provisional, "values": values,
+                               "devices": devices, "extra": extra})
