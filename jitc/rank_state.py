@@ -9,9 +9,11 @@ boundary, into its own files under the snapshot root:
     <JITC_DIR>/rank-state/rank-<r>.0, rank-<r>.1      (0700 directory, 0600 files)
 
 Two slots, by the parity of the step a record is for, so a rank killed mid-write leaves
-the other slot whole (a torn record does not decode and is skipped). A record is the
-meta format (jitc/snapshot/meta.py: plain data and CPU tensors, nothing that runs code):
-``{rank, shard, completed, provisional, values, devices, extra}``. Besides the record for
+the other slot whole (a torn record does not decode and is skipped). A record is lines of
+the meta format (jitc/snapshot/meta.py: plain data and CPU tensors, nothing that runs
+code): a header ``{rank, shard, completed, provisional, names, devices, extra}``, then one
+line per carried value, in ``names`` order (so an unchanged value's encoding is reused,
+carried.Captures). Decoded, a record is the header plus ``values``. Besides the record for
 step k written when step k begins, the rank writes one for k+1 just before its optimizer
 step (``provisional``): a rank that dies in the optimizer phase, after the all-reduce, is
 resumed at k+1 by its healthy peers, and what it fetched for k+1 was already fetched.
@@ -28,7 +30,6 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from . import private
 from .errors import CorruptSnapshotError
@@ -46,11 +47,18 @@ def digest(blob: bytes) -> str:
 def _read(path: Path) -> dict | None:
     try:
         with open(path, "rb") as f:
-            record = meta_record.decode(f.read(), str(path))
-    except (OSError, CorruptSnapshotError) as e:
+            lines = f.read().split(b"\n")
+        record = meta_record.decode(lines[0], str(path))
+        if (type(record) is not dict or type(record.get("completed")) is not int
+                or type(record.get("names")) is not list
+                or len(record["names"]) != len(lines) - 1):
+            raise CorruptSnapshotError(f"{path}: not a rank-state record")
+        record["values"] = {name: meta_record.decode(line, str(path))
+                            for name, line in zip(record["names"], lines[1:])}
+    except (OSError, CorruptSnapshotError, TypeError) as e:
         log.debug("jitc: %s skipped: %s", path, e)
         return None
-    return record if type(record) is dict and type(record.get("completed")) is int else None
+    return record
 
 
 class RankStore:
@@ -122,8 +130,10 @@ def replica_mismatch(root: str | os.PathLike, step: int, shard: int) -> dict[str
     return {k: sorted(sum(v.values(), [])) for k, v in by_key.items() if len(v) > 1}
 
 
-def record(rank: int, shard: int, completed: int, provisional: bool, values: dict[str, Any],
+def record(rank: int, shard: int, completed: int, provisional: bool, values: dict[str, bytes],
            devices: dict[str, list[str]], extra: dict[str, str]) -> bytes:
-    return meta_record.encode({"rank": rank, "shard": shard, "completed": completed,
-                               "provisional": provisional, "values": values,
-                               "devices": devices, "extra": extra})
+    """The slot's bytes; ``values``: name -> that value's meta encoding (one line)."""
+    header = meta_record.encode({"rank": rank, "shard": shard, "completed": completed,
+                                 "provisional": provisional, "names": list(values),
+                                 "devices": devices, "extra": extra})
+    return b"\n".join([header, *values.values()])

@@ -67,6 +67,7 @@ class Session:
         self._carried: dict[str, carried.Getter] = {}   # see carry()
         self._kept: dict[str, Any] = {}                  # restored, not yet handed back
         self._rank_store: rank_state.RankStore | None = None
+        self._captures = carried.Captures(meta_record.encode)
         self.periodic_every = periodic_every
         # State the meta record cannot hold fails now, in one line naming it (MetaError),
         # not at recovery time; and before the shim starts anything.
@@ -208,7 +209,7 @@ class Session:
             return
         if self._rank_store is None:
             self._rank_store = rank_state.RankStore(root, self.rank)
-        values, devices = carried.capture(self._carried)
+        values, devices = self._captures.capture(self._carried)
         extra = {} if provisional else {
             k: rank_state.digest(meta_record.encode(v.state_dict()))
             for k, v in self.extra_state.items()}
@@ -372,8 +373,9 @@ def protect(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, schedul
     Call after the model, optimizer and scheduler are built (and after
     ``init_process_group``), then loop ``for step in session.steps(total)``.
     ``extra_state``: objects with ``state_dict``/``load_state_dict`` (replicated on every
-    data-parallel replica, like the scheduler). ``seed``: base of the per-step RNG streams
-    (default: ``torch.initial_seed()``). ``stage``/``num_stages``: pipeline layout.
+    data-parallel replica, like the scheduler; a resume warns naming a key whose value
+    differed between replicas: per-rank values go to :meth:`Session.carry`). ``seed``: base
+    of the per-step RNG streams (default: ``torch.initial_seed()``). ``stage``/``num_stages``: pipeline layout.
     ``periodic_every``: also write a background snapshot every N steps (the safety net
     for failures that take out every replica). ``checkfree_plus``: the pipeline trains
     with the CheckFree+ swap schedule, so a lost edge stage may be restored by copying

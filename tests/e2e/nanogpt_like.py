@@ -44,6 +44,19 @@ class TinyGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
 
 
+class Counter:
+    """Per-rank state wrongly handed over as replicated ``extra_state``."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
 def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=12)
@@ -52,13 +65,15 @@ def parse_args():
     p.add_argument("--save")
     p.add_argument("--report", help="directory: each rank writes rank-<r>.json")
     p.add_argument("--no-carry", action="store_true", help="the loop without session.carry")
+    p.add_argument("--per-rank-extra", action="store_true",
+                   help="also pass extra_state whose value differs between ranks (a mistake)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    dist.init_process_group("gloo")
+    jitc.init_process_group("gloo")                                     # jitc (shim-only: per-attempt keys)
     rank = dist.get_rank()
     master_process = rank == 0
     torch.manual_seed(1337)
@@ -87,7 +102,8 @@ def main() -> None:
         raw_model.train()
         return loss
 
-    session = jitc.protect(model, optimizer, seed=7)                    # jitc
+    extra = {"counter": Counter(rank)} if args.per_rank_extra else None
+    session = jitc.protect(model, optimizer, seed=7, extra_state=extra)  # jitc
     best_val_loss, evals = 1e9, []
     X, Y = get_batch("train")                                           # the first batch
     if not args.no_carry:

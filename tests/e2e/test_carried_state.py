@@ -87,3 +87,24 @@ def test_prefetch_without_carry_diverges(tmp_path, fault_free):
     mine = run.weights()
     assert any(not torch.equal(mine[k], weights[k]) for k in weights)
     assert [e[0] for e in got[0]["evals"]] == [8] != [e[0] for e in reports[0]["evals"]]
+
+
+def test_shim_only_rank0_values_come_back_and_a_per_rank_extra_state_is_named(tmp_path,
+                                                                              fault_free):
+    """No supervisor: the healthy rank writes the snapshot, torchrun restarts both, and
+    rank 0 still gets its own carried values (its slots in JITC_DIR). The script also hands
+    a per-rank value over as extra_state (claimed replicated): the resume names it."""
+    weights, reports = fault_free
+    snaps, out, report = tmp_path / "snaps", tmp_path / "out.pt", tmp_path / "report"
+    lib = subprocess.run([str(BIN / "jitc"), "lib"], capture_output=True, text=True, check=True)
+    env = dict(clean_env(), LD_PRELOAD=lib.stdout.strip(), JITC_DIR=str(snaps),
+               JITC_INJECT=f"crash@rank=0,step={FAULT_STEP}")
+    cmd = [str(BIN / "torchrun"), "--max-restarts=2", "--nproc-per-node", "2",
+           "--monitor-interval", "0.1", str(SCRIPT), "--steps", str(STEPS), "--save", str(out),
+           "--report", str(report), "--quiet", "--per-rank-extra"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "extra_state['counter'] differed between replicas [0, 1]" in proc.stderr
+    assert_bitwise_equal(torch.load(out, weights_only=True), weights)
+    got = {r: json.loads((report / f"rank-{r}.json").read_text()) for r in (0, 1)}
+    assert got == reports

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from jitc import carried, rank_state
+from jitc.snapshot import meta
 
 
 def test_values_round_trip_with_their_devices():
@@ -26,24 +27,25 @@ def test_values_round_trip_with_their_devices():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_tensor_is_copied_at_the_capture_and_comes_back_on_its_device():
     t = torch.arange(4, device="cuda")
-    values, devices = carried.capture({"x": lambda: t})
-    assert values["x"].device.type == "cpu" and devices == {"x": ["cuda:0"]}
+    blobs, devices = carried.Captures(meta.encode).capture({"x": lambda: t})
+    assert devices == {"x": ["cuda:0"]}
     t.add_(1)                                  # changed after the capture: not in the record
-    back = carried.restore(values, devices)["x"]
+    back = carried.restore({"x": meta.decode(blobs["x"])}, devices)["x"]
     assert back.device.type == "cuda" and back.tolist() == [0, 1, 2, 3]
 
 
 def store_with(tmp_path, rank, *records):
     store = rank_state.RankStore(tmp_path, rank)
     for completed, provisional, values in records:
-        store.write(completed, rank_state.record(rank, 0, completed, provisional, values, {}, {}))
+        blobs = {k: meta.encode(v) for k, v in values.items()}
+        store.write(completed, rank_state.record(rank, 0, completed, provisional, blobs, {}, {}))
     return store
 
 
 def test_slots_are_private_and_keep_the_last_two_steps(tmp_path):
     store = store_with(tmp_path, 1, (4, False, {"a": 4}), (5, False, {"a": 5}),
                        (6, True, {"a": 6}))
-    assert sorted(r["completed"] for r in store.read()) == [5, 6]
+    assert sorted((r["completed"], r["values"]["a"]) for r in store.read()) == [(5, 5), (6, 6)]
     for p in store.paths:
         assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(store.dir).st_mode) == 0o700
@@ -73,7 +75,20 @@ def test_replicas_whose_extra_state_differed_are_named(tmp_path):
     assert rank_state.replica_mismatch(tmp_path, 4, 0) == {}
 
 
-def test_a_record_holds_no_code(tmp_path):
-    from jitc.snapshot.meta import MetaError
-    with pytest.raises(MetaError, match="function"):
-        rank_state.record(0, 0, 1, False, {"f": lambda: 1}, {}, {})
+def test_a_record_holds_no_code():
+    with pytest.raises(meta.MetaError, match="function"):
+        carried.Captures(meta.encode).capture({"f": lambda: (lambda: 1)})
+
+
+def test_an_unchanged_batch_is_encoded_once_a_changed_one_again():
+    calls = []
+    captures = carried.Captures(lambda v: calls.append(v) or meta.encode(v))
+    x, y = torch.zeros(2, 3), torch.ones(2)
+    get = {"batch": lambda: (x, y), "best": lambda: 1.5}
+    first = captures.capture(get)
+    assert captures.capture(get) == first and len(calls) == 3    # batch once, best twice
+    x.add_(1)                                                     # modified in place
+    assert captures.capture(get) != first and len(calls) == 5
+    y = torch.ones(2)                                             # a new tensor, equal values
+    captures.capture(get)
+    assert len(calls) == 7
