@@ -20,8 +20,10 @@ resumed at k+1 by its healthy peers, and what it fetched for k+1 was already fet
 
 The same files serve both modes (the supervisor's ``JITC_DIR`` is ``<run-dir>/snapshots``;
 shim-only it is the user's) and a restarted rank reads its own on the same node. ``extra``
-holds a digest of each ``extra_state`` entry, which claims to be replicated; at resume
-local rank 0 compares the replicas' digests and warns naming a key that differed.
+holds a digest of each ``extra_state`` entry, which claims to be replicated; at a resume
+each rank copies the digests of the record it resumed by into ``rank-<r>.resumed`` before
+it rewrites its slots, and after the first resumed step local rank 0 compares them and
+warns naming a key that differed.
 """
 from __future__ import annotations
 
@@ -111,22 +113,36 @@ def choose(records: list[dict], step: int, rank: int) -> dict | None:
     return None
 
 
-def replica_mismatch(root: str | os.PathLike, step: int, shard: int) -> dict[str, list[int]]:
-    """extra_state keys whose digest differs between the replicas of ``shard`` at ``step``
-    (from every rank's final record of that step): key -> ranks."""
+def write_resumed(root: str | os.PathLike, rank: int, attempt: int, rec: dict) -> None:
+    """At a resume, before this rank's slots are rewritten: its record's ``extra`` digests
+    (of the previous attempt), for local rank 0's replica check (``replica_mismatch``)."""
+    d = Path(root) / SUBDIR
+    private.make_dirs(d)
+    final = d / f"rank-{rank}.resumed"
+    tmp = d / f".{final.name}.{os.getpid()}.{os.urandom(16).hex()}.tmp"   # tmpfiles.py's form
+    with private.open_private(tmp, "wb", encoding=None) as f:
+        f.write(meta_record.encode({"rank": rank, "shard": rec.get("shard"), "attempt": attempt,
+                                    "completed": rec["completed"], "extra": rec.get("extra")}))
+    os.replace(tmp, final)
+
+
+def replica_mismatch(root: str | os.PathLike, attempt: int, step: int,
+                     shard: int) -> dict[str, list[int]]:
+    """extra_state keys whose digest differed between the replicas of ``shard`` at ``step``
+    (the records the ranks resumed by in ``attempt``): key -> ranks. Call it once every rank
+    has resumed (after a step: the step's all-reduce waits for them all)."""
     by_key: dict[str, dict[str, list[int]]] = {}
     d = Path(root) / SUBDIR
-    if not d.is_dir():
-        return {}
-    for path in sorted(d.iterdir()):
-        if not _NAME.match(path.name):
+    for path in sorted(d.glob("rank-*.resumed")):
+        try:
+            r = meta_record.decode(path.read_bytes(), str(path))
+        except (OSError, CorruptSnapshotError):
             continue
-        r = _read(path)
-        if (r is None or r["completed"] != step or r.get("provisional")
+        if (type(r) is not dict or r.get("attempt") != attempt or r.get("completed") != step
                 or r.get("shard") != shard or type(r.get("extra")) is not dict):
             continue
         for key, value in r["extra"].items():
-            by_key.setdefault(key, {}).setdefault(str(value), []).append(r.get("rank"))
+            by_key.setdefault(str(key), {}).setdefault(str(value), []).append(r.get("rank"))
     return {k: sorted(sum(v.values(), [])) for k, v in by_key.items() if len(v) > 1}
 
 

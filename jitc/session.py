@@ -68,6 +68,7 @@ class Session:
         self._kept: dict[str, Any] = {}                  # restored, not yet handed back
         self._rank_store: rank_state.RankStore | None = None
         self._captures = carried.Captures(meta_record.encode)
+        self._replica_check = False
         self.periodic_every = periodic_every
         # State the meta record cannot hold fails now, in one line naming it (MetaError),
         # not at recovery time; and before the shim starts anything.
@@ -193,13 +194,19 @@ class Session:
                                 self.rank)
         if rec is not None:
             self._kept = carried.restore(rec.get("values") or {}, rec.get("devices") or {})
-        if self.local_rank == 0 and self.extra_state:
-            for key, ranks in rank_state.replica_mismatch(root, self.start_step,
-                                                          self.stage).items():
-                log.warning("jitc: extra_state[%r] differed between replicas %s at step %d: "
-                            "the snapshot holds one replica's value; a value that differs "
-                            "between ranks belongs in session.carry()", key, ranks,
-                            self.start_step)
+            if rec.get("extra"):
+                rank_state.write_resumed(root, self.rank, self.attempt, rec)
+                self._replica_check = self.local_rank == 0
+
+    def _check_replicas(self) -> None:
+        """Once every rank has resumed (see rank_state.replica_mismatch)."""
+        self._replica_check = False
+        found = rank_state.replica_mismatch(env.get(env.DIR), self.attempt, self.start_step,
+                                            self.stage)
+        for key, ranks in found.items():
+            log.warning("jitc: extra_state[%r] differed between replicas %s at step %d: the "
+                        "snapshot holds one replica's value; a value that differs between "
+                        "ranks belongs in session.carry()", key, ranks, self.start_step)
 
     def _keep(self, completed: int, provisional: bool) -> None:
         if not self._carried and not (self.extra_state and self.world_size > self.num_stages):
@@ -243,7 +250,7 @@ class Session:
 
     def _before_optimizer(self, *_args) -> None:
         self._lib.jitc_set_phase(PHASE["optimizer"])
-        if self.step >= 0:
+        if self.step >= 0 and self._carried:
             self._keep(self.step + 1, provisional=True)
         self._fire("optimizer")
         status = self._lib.jitc_optimizer_begin(OPTIMIZER_WAIT_S)
@@ -285,6 +292,8 @@ class Session:
         check(self._set_meta(step), "jitc_set_meta")
         self._keep(step, provisional=False)
         check(self._lib.jitc_step_begin(step), "jitc_step_begin")
+        if self._replica_check and step > self.start_step:
+            self._check_replicas()
         self.step = step
         self._in_backward = False
         rng.reseed(self.seed, self.rank, step)
@@ -299,6 +308,8 @@ class Session:
         return self._lib.jitc_set_meta(blob, len(blob))
 
     def _finish(self, total: int) -> None:
+        if self._replica_check:
+            self._check_replicas()
         if self._periodic_thread is not None:
             self._periodic_thread.join()
         self._set_meta(total)

@@ -69,10 +69,12 @@ def test_choose_takes_the_resume_step_else_the_newest_older_with_a_warning(caplo
 
 def test_replicas_whose_extra_state_differed_are_named(tmp_path):
     for rank, digest in ((0, "aa"), (1, "bb"), (2, "aa")):
-        rank_state.RankStore(tmp_path, rank).write(
-            3, rank_state.record(rank, 0, 3, False, {}, {}, {"ema": digest, "sched": "cc"}))
-    assert rank_state.replica_mismatch(tmp_path, 3, 0) == {"ema": [0, 1, 2]}
-    assert rank_state.replica_mismatch(tmp_path, 4, 0) == {}
+        rec = {"completed": 3, "shard": 0, "extra": {"ema": digest, "sched": "cc"}}
+        rank_state.write_resumed(tmp_path, rank, 1, rec)
+    assert rank_state.replica_mismatch(tmp_path, 1, 3, 0) == {"ema": [0, 1, 2]}
+    assert rank_state.replica_mismatch(tmp_path, 2, 3, 0) == {}     # another attempt's
+    assert rank_state.replica_mismatch(tmp_path, 1, 4, 0) == {}
+    assert not [p for p in (tmp_path / rank_state.SUBDIR).iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_record_holds_no_code():
