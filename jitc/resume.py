@@ -16,6 +16,7 @@ the recorded factor (checkfree/lr.py).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -34,10 +35,11 @@ def stage_manifest(named: Path, stage: int, num_stages: int) -> Path:
     return named.parent.parent / f"shard-{stage}" / named.name
 
 
-def choose(supervised: bool, stage: int = 0, num_stages: int = 1):
+def choose(supervised: bool, stage: int = 0, num_stages: int = 1, rejected: list | None = None):
     """(manifest path, loaded snapshot) to resume from, or (None, None): JITC_RESUME (supervisor), else in shim-only mode the
     newest complete snapshot under JITC_DIR. A corrupt JITC_RESUME falls back to the newest
-    older complete snapshot; if there is none, that is an error, never a fresh start."""
+    older complete snapshot; if there is none, that is an error, never a fresh start.
+    Shim-only, the candidates skipped go to ``rejected`` as ``(directory, reason)``."""
     from .snapshot import load, load_latest
     named = env.get(env.RESUME)
     root = env.get(env.DIR)
@@ -56,7 +58,7 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1):
         from .tmpfiles import sweep
         sweep(root)   # shim-only: the ranks own JITC_DIR; a killed writer's temporaries go
         # Newest first; one that does not verify, parse or load is skipped (and logged).
-        snap = load_latest(Path(root))
+        snap = load_latest(Path(root), rejected)
         if snap is not None and num_stages > 1:
             raise NoSnapshotError(f"{snap.path}: shim-only resume of a pipeline (several "
                                   "stages) is not supported: run it under `jitc supervise`")
@@ -65,7 +67,10 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1):
 
 def restore(session) -> tuple[int, Path | None]:
     """Load the chosen snapshot into the session's objects; (first step to run, path)."""
-    path, snap = choose(session.supervised, session.stage, session.num_stages)
+    rejected: list = []
+    path, snap = choose(session.supervised, session.stage, session.num_stages, rejected)
+    if not session.supervised and session.local_rank == 0:
+        _say_where(path, snap, rejected, session.attempt)
     if path is None:
         return 0, None
     _check_same_model(session, snap, path)
@@ -90,6 +95,26 @@ def restore(session) -> tuple[int, Path | None]:
                     "learning rate x%s", session.stage, rebuilt.get("method"),
                     rebuilt.get("sources"), rebuilt["lr_factor"])
     return snap.step, path
+
+
+def _say_where(path, snap, rejected: list, attempt: int) -> None:
+    """Shim-only, local rank 0: one stderr line saying where the run starts (no supervisor
+    logs it). A first attempt with nothing in JITC_DIR starts at 0 without a word."""
+    skipped = "; ".join(f"{d.name}: {why}" for d, why in rejected)
+    if path is not None:
+        # I1: the snapshot holds the state after `step` steps, and a healthy rank saves the
+        # step it was stuck in, so at most that one step runs again.
+        line = (f"resumed from step {snap.step} ({path}): steps before {snap.step} are not "
+                f"run again, at most 1 is replayed")
+        if skipped:
+            line += f"; skipped newer: {skipped}"
+    elif rejected or attempt > 0:
+        root = env.get(env.DIR)
+        line = (f"no usable snapshot in {root}: starting at step 0 ("
+                + (f"rejected: {skipped})" if skipped else "none was written)"))
+    else:
+        return
+    print(f"jitc: {line}", file=sys.stderr, flush=True)
 
 
 def _check_same_stage(session, meta: dict, path: Path) -> None:

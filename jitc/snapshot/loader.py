@@ -129,12 +129,13 @@ def _candidates(root: Path) -> list[Path]:
     return [d for _, d in sorted(cands, key=lambda c: c[0], reverse=True)]
 
 
-def _first_usable(root: Path, use):
+def _first_usable(root: Path, use, rejected: list | None = None):
     """``use(manifest)`` of the newest candidate for which it succeeds, or None.
 
     A directory with every stripe's completion record but no manifest (shim-only mode: the
     rank that wrote it exited) is published here on the spot. Any verification or parse
-    failure makes a candidate not usable: skipped with a warning naming the file."""
+    failure makes a candidate not usable: skipped with a warning naming the file, and
+    ``(directory, reason)`` appended to ``rejected`` when given."""
     for d in _candidates(Path(root)):
         try:
             manifest = d / MANIFEST
@@ -143,17 +144,20 @@ def _first_usable(root: Path, use):
             return use(manifest)
         except (CorruptSnapshotError, OSError) as e:   # a ShimError is not the snapshot's
             log.warning("skipping snapshot %s: %s", d, e)
+            if rejected is not None:
+                rejected.append((d, str(e)))
     return None
 
 
-def latest_complete(root: str | Path) -> Path | None:
+def latest_complete(root: str | Path, rejected: list | None = None) -> Path | None:
     """Manifest of the newest snapshot under root that verifies, or None."""
     def verified(manifest: Path) -> Path:
         verify_manifest(manifest)
         return manifest
-    return _first_usable(Path(root), verified)
+    return _first_usable(Path(root), verified, rejected)
 
 
-def load_latest(root: str | Path) -> LoadedSnapshot | None:
-    """The newest snapshot under root that verifies and loads (one pass), or None."""
-    return _first_usable(Path(root), load)
+def load_latest(root: str | Path, rejected: list | None = None) -> LoadedSnapshot | None:
+    """The newest snapshot under root that verifies and loads (one pass), or None;
+    the candidates skipped on the way go to ``rejected`` (see _first_usable)."""
+    return _first_usable(Path(root), load, rejected)
