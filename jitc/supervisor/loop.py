@@ -473,13 +473,31 @@ class Supervisor:
         # The table's `state` column: a rank whose own code, device or process failed
         # never writes, even when it is not the root cause.
         excluded |= {f.rank for f in self.failures if f.rank is not None and not f.trusted}
+        why = {f.rank: f.kind for f in reversed(self.failures) if f.rank in excluded}
         self.recovery = Recovery(
             root=self.opts.snapshot_root.resolve(), attempt=self.attempt, ranks=self.ranks,
             excluded=excluded, protected=self.protected, events=self.events,
             send=self._send, query_timeout_s=self.opts.query_timeout_s,
-            snapshot_timeout_s=self.opts.snapshot_wait_s, clock=self.clock)
+            snapshot_timeout_s=self.opts.snapshot_wait_s, clock=self.clock,
+            why_excluded=why, context=self._launcher_exit())
         self._goto(State.RECOVERING)
         self.recovery.start(now)
+
+    def _launcher_exit(self) -> str | None:
+        """How the job's top process (the launcher) ended, if it has: the ranks it leaves
+        alive are healthy replicas (its death is not theirs); if they went with it, this is
+        why nothing could be saved. Polled, not waited for: when the ranks die with it their
+        sockets may close before its pidfd is read."""
+        rc = self.job.returncode if self.job is not None else None
+        if not rc:
+            return None
+        try:
+            how = f"by {signal.Signals(-rc).name}" if rc < 0 else f"with status {rc}"
+        except ValueError:
+            how = f"by signal {-rc}"
+        lost = sorted(r for r, i in self.ranks.items() if not i.connected and not i.goodbye)
+        return (f"the launcher (pid {self.job.pid}) exited {how}"
+                + (f" and ranks {lost} went with it" if lost else ""))
 
     def _send(self, rank: int, mtype: Msg, body: dict[str, Any]) -> bool:
         conn = self.rank_conn.get(rank)

@@ -80,8 +80,14 @@ class Recovery:
                  excluded: set[int], protected: bool, events: EventLog,
                  send: Callable[[int, Msg, dict[str, Any]], bool],
                  query_timeout_s: float, snapshot_timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 why_excluded: dict[int, str] | None = None, context: str | None = None):
+        """``why_excluded``: rank -> why it is not a writer (its failure's kind);
+        ``context``: what else the job's end says (the launcher's exit), for the reason
+        given when no replica is left."""
         self.root = root
+        self.why_excluded = why_excluded or {}
+        self.context = context
         self.attempt = attempt
         self.ranks = ranks
         self.excluded = excluded
@@ -202,7 +208,7 @@ class Recovery:
             common = set.intersection(*(set(steps) for steps in by_shard.values()))
             if not common:
                 missing = [s for s, steps in by_shard.items() if not steps]
-                self._fallback("no usable replica" if missing
+                self._fallback(self._no_replica() if missing
                                else "the shards' replicas hold different steps")
                 return
             self._step = max(common)
@@ -226,6 +232,24 @@ class Recovery:
             for j, r in enumerate(shard.writers):
                 shard.pending[j] = r
                 self._request(shard, r, j, now, reassigned_from=None)
+
+    def _no_replica(self) -> str:
+        """"no usable replica", and why not, rank by rank."""
+        why = []
+        for r in sorted(self.ranks):
+            answer = self._answers.get(r)
+            if r in self.excluded:
+                why.append(f"rank {r}: {self.why_excluded.get(r, 'failed')}")
+            elif not self.ranks[r].connected:
+                why.append(f"rank {r}: gone")
+            elif answer is None:
+                why.append(f"rank {r}: no answer within {self.query_timeout_s}s")
+            elif not answer.get("usable"):
+                why.append(f"rank {r}: state not usable (nothing registered, or its "
+                           "optimizer window stuck open)")
+        if self.context:
+            why.append(self.context)
+        return "no usable replica" + (f" ({'; '.join(why)})" if why else "")
 
     def _request(self, shard: _Shard, rank: int, stripe: int, now: float,
                  reassigned_from: int | None, error: str | None = None) -> None:
