@@ -64,11 +64,14 @@ def _read(path: Path) -> dict | None:
 
 
 class RankStore:
-    """This rank's two slots. ``read`` before ``open``: opening truncates them."""
+    """This rank's two slots. ``fresh``: a run that did not resume empties them at the first
+    write (a resumed one keeps the other slot: killed before its next write, the rank
+    still finds the step it resumed at)."""
 
-    def __init__(self, root: str | os.PathLike, rank: int):
+    def __init__(self, root: str | os.PathLike, rank: int, fresh: bool = False):
         self.dir = Path(root) / SUBDIR
         self.paths = [self.dir / f"rank-{rank}.{i}" for i in (0, 1)]
+        self.fresh = fresh
         self._fds: list[int] | None = None
 
     def read(self) -> list[dict]:
@@ -78,8 +81,8 @@ class RankStore:
         private.make_dirs(self.dir)
         self._fds = []
         for path in self.paths:
-            with private.open_private(path, "wb", encoding=None) as f:
-                pass
+            with private.open_private(path, "wb" if self.fresh else "ab", encoding=None):
+                pass                       # created 0600 (or emptied), never through a symlink
             self._fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
 
     def write(self, completed: int, blob: bytes) -> None:

@@ -182,7 +182,11 @@ class Session:
         if not isinstance(name, str) or not callable(get):
             raise JitcError("session.carry(name, get): name is a str, get a callable")
         value = get()
-        meta_record.encode(carried.to_cpu(value, []))   # MetaError names what it cannot hold
+        try:
+            meta_record.encode(carried.to_cpu(value, []))
+        except meta_record.MetaError as e:               # named by the carried value's name
+            where = str(e).removeprefix("meta")
+            raise meta_record.MetaError(f"session.carry({name!r}){where}") from None
         self._carried[name] = get
         return self._kept.pop(name) if name in self._kept else value
 
@@ -215,7 +219,8 @@ class Session:
         if root is None:
             return
         if self._rank_store is None:
-            self._rank_store = rank_state.RankStore(root, self.rank)
+            self._rank_store = rank_state.RankStore(root, self.rank,
+                                                    fresh=self.resumed_from is None)
         values, devices = self._captures.capture(self._carried)
         extra = {} if provisional else {
             k: rank_state.digest(meta_record.encode(v.state_dict()))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -51,6 +53,16 @@ def test_slots_are_private_and_keep_the_last_two_steps(tmp_path):
     assert stat.S_IMODE(os.stat(store.dir).st_mode) == 0o700
 
 
+def test_a_fresh_run_empties_the_slots_a_resumed_one_keeps_the_other(tmp_path):
+    store_with(tmp_path, 0, (4, False, {"a": 4}), (5, False, {"a": 5}))
+    resumed = rank_state.RankStore(tmp_path, 0)
+    resumed.write(5, rank_state.record(0, 0, 5, False, {"a": meta.encode(55)}, {}, {}))
+    assert sorted(r["completed"] for r in resumed.read()) == [4, 5]
+    fresh = rank_state.RankStore(tmp_path, 0, fresh=True)
+    fresh.write(0, rank_state.record(0, 0, 0, False, {}, {}, {}))
+    assert [r["completed"] for r in fresh.read()] == [0]
+
+
 def test_a_torn_slot_is_skipped(tmp_path):
     store = store_with(tmp_path, 0, (4, False, {"a": 4}), (5, False, {"a": 5}))
     with open(store.paths[1], "r+b") as f:    # step 5's slot, cut mid-record
@@ -94,3 +106,35 @@ def test_an_unchanged_batch_is_encoded_once_a_changed_one_again():
     y = torch.ones(2)                                             # a new tensor, equal values
     captures.capture(get)
     assert len(calls) == 7
+
+
+SESSION = """
+import sys, torch, jitc
+from jitc import rank_state
+model = torch.nn.Linear(2, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+session = jitc.protect(model, opt, seed=1)
+try:
+    session.carry("bad", lambda: {"f": print})
+except jitc.errors.JitcError as e:
+    print("refused:", e)
+n = 0
+assert session.carry("n", lambda: n) == 0          # a fresh run: get()'s value
+for step in session.steps(3):
+    model(torch.ones(2)).sum().backward(); opt.step()
+    n += 1
+records = rank_state.RankStore(sys.argv[1], 0).read()
+print(sorted((r["completed"], r["provisional"], r["values"]["n"]) for r in records))
+"""
+
+
+def test_a_session_refuses_code_and_keeps_each_step_s_value(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JITC_") and k != "LD_PRELOAD"}
+    env.update(OMP_NUM_THREADS="1", JITC_DIR=str(tmp_path / "snaps"))
+    p = subprocess.run([sys.executable, "-c", SESSION, str(tmp_path / "snaps")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "refused: session.carry('bad').f: cannot store a function" in p.stdout, p.stdout
+    # Step 2 began with n == 2 (final); before step 2's optimizer step n was still 2, the
+    # provisional record for step 3 (n becomes 3 after it, at the boundary never reached).
+    assert p.stdout.strip().splitlines()[-1] == "[(2, False, 2), (3, True, 2)]", p.stdout
