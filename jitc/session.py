@@ -69,6 +69,7 @@ class Session:
         self._rank_store: rank_state.RankStore | None = None
         self._captures = carried.Captures(meta_record.encode)
         self._replica_check = False
+        self._keep_failed = False
         self.periodic_every = periodic_every
         # State the meta record cannot hold fails now, in one line naming it (MetaError),
         # not at recovery time; and before the shim starts anything.
@@ -225,8 +226,15 @@ class Session:
         extra = {} if provisional else {
             k: rank_state.digest(meta_record.encode(v.state_dict()))
             for k, v in self.extra_state.items()}
-        self._rank_store.write(completed, rank_state.record(
-            self.rank, self.stage, completed, provisional, values, devices, extra))
+        try:
+            self._rank_store.write(completed, rank_state.record(
+                self.rank, self.stage, completed, provisional, values, devices, extra))
+        except OSError as e:          # a full disk: training goes on, the values may not
+            if not self._keep_failed:
+                self._keep_failed = True
+                log.warning("jitc: rank %d: cannot keep carried values in %s: %s; if this "
+                            "rank restarts, session.carry() will not give them back",
+                            self.rank, self._rank_store.dir, e)
 
     # -- hooks -------------------------------------------------------------------------
     def _install_hooks(self) -> None:

@@ -138,3 +138,28 @@ def test_a_session_refuses_code_and_keeps_each_step_s_value(tmp_path):
     # Step 2 began with n == 2 (final); before step 2's optimizer step n was still 2, the
     # provisional record for step 3 (n becomes 3 after it, at the boundary never reached).
     assert p.stdout.strip().splitlines()[-1] == "[(2, False, 2), (3, True, 2)]", p.stdout
+
+
+FULL_DISK = """
+import os, sys, torch, jitc
+from jitc import rank_state
+model = torch.nn.Linear(2, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+session = jitc.protect(model, opt, seed=1)
+def full(self, completed, blob):
+    raise OSError(28, "No space left on device")
+rank_state.RankStore.write = full
+n = session.carry("n", lambda: 0)
+for step in session.steps(3):
+    model(torch.ones(2)).sum().backward(); opt.step()
+print("finished", step)
+"""
+
+
+def test_a_full_disk_warns_once_and_training_goes_on(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JITC_") and k != "LD_PRELOAD"}
+    env.update(OMP_NUM_THREADS="1", JITC_DIR=str(tmp_path / "snaps"))
+    p = subprocess.run([sys.executable, "-c", FULL_DISK], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "finished 2" in p.stdout, p.stdout + p.stderr
+    assert p.stderr.count("cannot keep carried values") == 1, p.stderr
