@@ -11,16 +11,9 @@ from pathlib import Path
 import pytest
 
 from jitc.protocol import Msg
-from tests.shim.conftest import FakeSupervisor, spawn
+from tests.shim.conftest import INIT, FakeSupervisor, register, spawn
 
-INIT = "assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())\n"
-REGISTER = """
-import numpy as np
-w = np.arange(1024, dtype=np.float32)
-lib.jitc_registry_begin()
-shape = ffi.new("int64_t[1]", [1024])
-assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
-lib.jitc_registry_commit()
+REGISTER = register(1024) + """
 lib.jitc_step_begin(3)
 lib.jitc_steps_finished(3)
 print("ready", flush=True)

@@ -27,7 +27,7 @@ import pytest
 
 from jitc import protocol
 from jitc.protocol import HEADER, Msg
-from tests.shim.conftest import FakeSupervisor, spawn
+from tests.shim.conftest import INIT, FakeSupervisor, register, spawn
 
 from ._harness import Harness
 
@@ -206,14 +206,7 @@ def test_decode_accepts_exactly_well_typed_bodies() -> None:
 
 # -- the agent ---------------------------------------------------------------------------
 
-AGENT_RANK = """
-assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())
-import numpy as np
-w = np.arange(256, dtype=np.float32)
-lib.jitc_registry_begin()
-shape = ffi.new("int64_t[1]", [256])
-assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
-lib.jitc_registry_commit()
+AGENT_RANK = INIT + register(256) + """
 lib.jitc_step_begin(2)
 lib.jitc_steps_finished(2)
 print("ready", flush=True)

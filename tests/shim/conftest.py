@@ -31,6 +31,22 @@ ffi, lib = ffi_lib()
 """
 
 
+# Child-script lines: initialise the shim as rank 0 of 1 (the error text on failure).
+INIT = "assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())\n"
+
+
+def register(numel: int) -> str:
+    """Child-script lines: one float32 tensor ``w`` of ``numel`` elements registered."""
+    return f"""
+import numpy as np
+w = np.arange({numel}, dtype=np.float32)
+lib.jitc_registry_begin()
+shape = ffi.new("int64_t[1]", [{numel}])
+assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
+lib.jitc_registry_commit()
+"""
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JITC_") or k == "JITC_LIB"}
     env["JITC_LIB"] = str(lib_path())

@@ -12,18 +12,9 @@ from pathlib import Path
 from jitc.limits import sigterm_hold_s
 from jitc.protocol import Msg
 
-from .conftest import spawn
+from .conftest import INIT, register, spawn
 
-INIT = "assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())\n"
-
-REGISTER = """
-import numpy as np
-w = np.arange(4096, dtype=np.float32)
-lib.jitc_registry_begin()
-shape = ffi.new("int64_t[1]", [4096])
-assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
-lib.jitc_registry_commit()
-"""
+REGISTER = register(4096)
 
 
 def _failure(supervisor, child_body: str, extra_env=None):

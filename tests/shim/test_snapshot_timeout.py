@@ -12,16 +12,9 @@ from pathlib import Path
 from jitc import limits
 from jitc.protocol import Msg
 
-from .conftest import spawn
+from .conftest import INIT, register, spawn
 
-CHILD = """
-import numpy as np
-assert lib.jitc_init(0, 0, 1, 0, 1) == 0, ffi.string(lib.jitc_last_error())
-w = np.arange(4096, dtype=np.float32)
-lib.jitc_registry_begin()
-shape = ffi.new("int64_t[1]", [4096])
-assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
-lib.jitc_registry_commit()
+CHILD = INIT + register(4096) + """
 lib.jitc_step_begin(4)
 print(os.getpid(), flush=True)
 time.sleep(60)

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 
 from jitc.protocol import Msg
 
-from .conftest import REPO, spawn
+from .conftest import INIT, REPO, register, spawn
 
 LOCAL_RECOVERY_EXIT = 75  # csrc/config.h limits::kLocalRecoveryExitCode
 
@@ -82,14 +82,7 @@ lib.jitc_shutdown(1)
 
 
 def test_shim_only_hang_writes_local_snapshot_and_exits_75(tmp_path: Path) -> None:
-    child = spawn("""
-import numpy as np
-w = np.arange(1000, dtype=np.float32)
-assert lib.jitc_init(0, 0, 1, 0, 1) == 0
-lib.jitc_registry_begin()
-shape = ffi.new("int64_t[1]", [1000])
-assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
-lib.jitc_registry_commit()
+    child = spawn(INIT + register(1000) + """
 lib.jitc_step_begin(2)
 time.sleep(20)
 print("not reached")
