@@ -70,8 +70,9 @@ bool should_hold_sigterm() {
   if (s.snapshot_running.load(std::memory_order_acquire)) return true;
   if (s.cfg.socket_path.empty()) {
     if (s.cfg.dir.empty()) return false;
-    return s.recovering.load(std::memory_order_acquire) ||
-           (s.stepping.load(std::memory_order_acquire) && !s.suspect.load(std::memory_order_acquire));
+    if (s.recovering.load(std::memory_order_acquire)) return true;
+    return s.stepping.load(std::memory_order_acquire) &&
+           !s.suspect.load(std::memory_order_acquire);
   }
   bool supervised = s.fd.load(std::memory_order_acquire) >= 0 &&
                     !s.orphaned.load(std::memory_order_acquire);

@@ -27,7 +27,8 @@ import jitc
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--busy", type=float, default=0.5, help="rank 0's seconds outside collectives a step")
+    p.add_argument("--busy", type=float, default=0.5,
+                   help="rank 0's seconds outside collectives a step")
     p.add_argument("--save")
     p.add_argument("--trace")
     p.add_argument("--progress", help="rank 0 writes the step it is running here, each step")
