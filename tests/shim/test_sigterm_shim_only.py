@@ -13,8 +13,9 @@ from pathlib import Path
 
 from jitc import limits
 
-from .conftest import spawn
-from .test_signals import INIT, REGISTER
+from .conftest import INIT, register, spawn
+
+REGISTER = register(4096)
 
 READY = "print('ready', flush=True)\n"
 
