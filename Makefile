@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/snaps
 # Rebuild libjitc.so after a C++ change and put it where the editable install loads it
 # (serialised: several rebuilds in one build dir at once would trip over each other).
 lib: setup
-	flock build/.lock sh -c 'cmake --build build/* && cp build/*/libjitc.so $$($(PY) -c "import jitc._lib as l; print(l.lib_path())")'
+	flock build/.lock sh -c 'cmake --build build/cp* && cp build/cp*/libjitc.so $$($(PY) -c "import jitc._lib as l; print(l.lib_path())")'
 
 demo: setup
 	$(VENV)/bin/jitc supervise --run-dir jitc-runs/demo --inject crash@rank=1,step=25 -- \
