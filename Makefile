@@ -16,9 +16,12 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/snaps
 	touch $@
 
 # Rebuild libjitc.so after a C++ change and put it where the editable install loads it
-# (serialised: several rebuilds in one build dir at once would trip over each other).
+# (serialised: several rebuilds in one build dir at once would trip over each other). A new
+# file, renamed into place: overwriting the old one in place crashes every process that has it
+# mapped (a running test suite).
 lib: setup
-	flock build/.lock sh -c 'cmake --build build/cp* && cp build/cp*/libjitc.so $$($(PY) -c "import jitc._lib as l; print(l.lib_path())")'
+	flock build/.lock sh -c 'cmake --build build/cp* && dest=$$($(PY) -c "import jitc._lib as l; print(l.lib_path())") && \
+	  { cmp -s build/cp*/libjitc.so "$$dest" || { cp build/cp*/libjitc.so "$$dest.tmp" && mv -f "$$dest.tmp" "$$dest"; }; }'
 
 demo: setup
 	$(VENV)/bin/jitc supervise --run-dir jitc-runs/demo --inject crash@rank=1,step=25 -- \
