@@ -72,6 +72,7 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
 
     jitc supervise [OPTIONS] -- COMMAND...
     """
+    from . import private
     from ._lib import lib_path
     from .faults import parse_specs
     from .supervisor import Options, Supervisor
@@ -98,7 +99,7 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
     check_run_dir(run_dir or default_run_dir())
     if run_dir is None:
         run_dir = default_run_dir()
-        run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.make_dirs(run_dir.parent)
     opts = Options(command=tuple(command), run_dir=run_dir, lib=lib.resolve(), injects=specs,
                    max_restarts=max_restarts, hang_timeout_s=hang_timeout,
                    grace_s=grace, restart_grace_s=restart_grace,

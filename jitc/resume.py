@@ -47,7 +47,7 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1, rejected: list
     if named:
         named = stage_manifest(Path(named), stage, num_stages)
         try:
-            return named, load(named, verify=True)
+            return named, load(named)
         except CorruptSnapshotError as e:
             log.error("jitc: %s; looking for an older complete snapshot", e)
             # With several stages the newest snapshot under root may be another stage's.

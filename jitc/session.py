@@ -88,7 +88,6 @@ class Session:
         self.supervised = bool(self._lib.jitc_supervised())
         self._registered: list[st.StateTensor] = []
         self._opt_state_size = -1
-        self._has_scalar_state = False
         self._periodic_thread: threading.Thread | None = None
         self._in_backward = False
         self._register()

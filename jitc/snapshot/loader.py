@@ -23,7 +23,7 @@ from ..errors import CorruptSnapshotError
 from .format import DTYPES
 from .manifest import MANIFEST, complete_set, publish
 from .meta import decode_state
-from .verify import read_manifest, verify_manifest
+from .verify import verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,14 @@ class LoadedSnapshot:
     state: dict[str, Any] = field(default_factory=dict)   # the meta record, decoded (meta.py)
 
 
-def load(manifest_path: str | Path, verify: bool = True) -> LoadedSnapshot:
-    """The snapshot's tensors and state, verified first (``verify=False``: only for a
-    manifest just verified). CorruptSnapshotError for anything wrong, never another error."""
+def load(manifest_path: str | Path) -> LoadedSnapshot:
+    """The snapshot's tensors and state, always verified first (an unverified manifest's
+    file names could reach outside the snapshot). CorruptSnapshotError for anything wrong,
+    never another error."""
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / MANIFEST
-    m = verify_manifest(manifest_path) if verify else read_manifest(manifest_path)
+    m = verify_manifest(manifest_path)
     root = manifest_path.parent
     handles: dict[str, Any] = {}
 

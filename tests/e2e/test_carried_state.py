@@ -105,6 +105,9 @@ def test_shim_only_rank0_values_come_back_and_a_per_rank_extra_state_is_named(tm
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "extra_state['counter'] differed between replicas [0, 1]" in proc.stderr
+    # Resumed, not started over (a run from step 0 ends with the same weights and evals).
+    assert "jitc: resumed from step " in proc.stderr, proc.stderr[-4000:]
+    assert "starting at step 0" not in proc.stderr, proc.stderr[-4000:]
     assert_bitwise_equal(torch.load(out, weights_only=True), weights)
     got = {r: json.loads((report / f"rank-{r}.json").read_text()) for r in (0, 1)}
     assert got == reports

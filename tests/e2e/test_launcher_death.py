@@ -94,6 +94,11 @@ def test_launcher_and_ranks_sigkilled_falls_back_to_the_periodic_snapshot(tmp_pa
     restart = [e for e in events if e["event"] == "restart"][0]
     assert restart.get("fallback") and "snap-p0-s" in restart["resume"], restart
     assert "the launcher (pid " in restart["reason"] and "exited by SIGKILL" in restart["reason"]
+    # Resumed from the periodic snapshot's step, not started over.
+    step = int(restart["resume"].split("snap-p0-s")[1].split("-")[0].split("/")[0])
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert step > 0 and {e["rank"] for e in resumed} == {0, 1}, resumed
+    assert all(e["step"] == step for e in resumed), (step, resumed)
     assert_bitwise_equal(torch_load(out), fault_free)
 
 
