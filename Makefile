@@ -24,6 +24,7 @@ lib: setup
 	  { cmp -s build/cp*/libjitc.so "$$dest" || { cp build/cp*/libjitc.so "$$dest.tmp" && mv -f "$$dest.tmp" "$$dest"; }; }'
 
 demo: setup
+	mkdir -p -m 700 jitc-runs
 	$(VENV)/bin/jitc supervise --run-dir jitc-runs/demo --inject crash@rank=1,step=25 -- \
 	  $(VENV)/bin/torchrun --nproc-per-node 2 --monitor-interval 0.1 examples/ddp_train.py --steps 60 --save jitc-runs/demo/final.pt
 
