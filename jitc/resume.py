@@ -7,8 +7,8 @@ data, jitc/snapshot/meta.py).
 RNG streams need nothing: they are a function of (seed, rank, step) (see rng.py).
 
 Pipelines: with several stages the supervisor's snapshot is one complete snapshot per
-stage, ``<snap>/shard-<s>/manifest.json``; ``JITC_RESUME`` names shard 0's and a rank of
-stage s loads ``../shard-<s>/manifest.json`` beside it. A stage rebuilt by CheckFree
+stage, ``<snap>/shard-<s>/``; which one a rank of stage s loads is the layout's answer
+(``layout.resume_manifest``: the index's entry for s). A stage rebuilt by CheckFree
 (meta ``rebuilt``) has model tensors only: it resumes with a fresh optimizer state (the
 hyper-parameters and the scheduler follow its neighbour's) and its learning rate scaled by
 the recorded factor (checkfree/lr.py).
@@ -24,15 +24,9 @@ import torch
 from . import env
 from . import state as st
 from .errors import CorruptSnapshotError, NoSnapshotError
+from .snapshot import layout
 
 log = logging.getLogger("jitc")
-
-
-def stage_manifest(named: Path, stage: int, num_stages: int) -> Path:
-    """The manifest this stage resumes from, given the one ``JITC_RESUME`` names."""
-    if num_stages <= 1 or not named.parent.name.startswith("shard-"):
-        return named
-    return named.parent.parent / f"shard-{stage}" / named.name
 
 
 def choose(supervised: bool, stage: int = 0, num_stages: int = 1, rejected: list | None = None):
@@ -45,8 +39,8 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1, rejected: list
     root = env.get(env.DIR)
     snap = None
     if named:
-        named = stage_manifest(Path(named), stage, num_stages)
         try:
+            named = layout.resume_manifest(Path(named), stage, num_stages)
             return named, load(named)
         except CorruptSnapshotError as e:
             log.error("jitc: %s; looking for an older complete snapshot", e)

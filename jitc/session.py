@@ -23,6 +23,7 @@ from ._shim import check, ffi_lib
 from .data import check_resumable, epoch_iterator
 from .errors import CorruptSnapshotError, JitcError
 from .resume import restore
+from .snapshot import layout
 from .snapshot import meta as meta_record
 
 log = logging.getLogger("jitc")
@@ -367,7 +368,7 @@ class Session:
             return
         replicas = max(1, self.world_size // self.num_stages)
         replica = self.rank // self.num_stages
-        directory = Path(root) / f"snap-p{self.attempt}-s{step}-shard{self.stage}"
+        directory = layout.periodic_dir(root, self.attempt, step, self.stage)
         self._periodic_thread = threading.Thread(
             target=self._write, args=(directory, replicas, replica), name="jitc-periodic",
             daemon=True)

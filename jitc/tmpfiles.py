@@ -25,9 +25,10 @@ import re
 import stat
 from pathlib import Path
 
+from .snapshot.layout import MAX_DEPTH
+
 _NATIVE = re.compile(r"^.+\.tmp\.(\d+)$")
 _PYTHON = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.tmp$")
-_DEPTH = 3      # <root>/snap-<id>/shard-<s>/<file> is the deepest a snapshot goes
 
 
 def writer_pid(name: str) -> int | None:
@@ -59,7 +60,7 @@ def sweep(root: str | os.PathLike) -> list[Path]:
     """Remove the dead writers' temporaries under ``root`` (not following symlinks);
     returns what was removed. A missing root is empty."""
     removed: list[Path] = []
-    _sweep(Path(root), _DEPTH, removed)
+    _sweep(Path(root), MAX_DEPTH, removed)
     return removed
 
 

@@ -2,11 +2,26 @@
 inspecting it from Python. The writer itself is native (csrc/snapshot/), so a rank can
 snapshot without the GIL; everything here runs in the supervisor, in `jitc inspect`, or in
 `protect()` when resuming.
+
+The names below are imported on first use (PEP 562): most of this package pulls in torch,
+and ``layout`` (the names of a snapshot's files) must not, since the supervisor imports it
+at start. ``import jitc.snapshot.loader`` imports torch at once.
 """
-from .inspect import inspect_main
-from .loader import LoadedSnapshot, check_compatible, latest_complete, load, load_latest
-from .manifest import publish
-from .verify import verify_manifest
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"inspect_main": "inspect", "LoadedSnapshot": "loader", "check_compatible": "loader",
+          "latest_complete": "loader", "load": "loader", "load_latest": "loader",
+          "publish": "manifest", "verify_manifest": "verify"}
 
 __all__ = ["publish", "latest_complete", "load", "load_latest", "inspect_main",
            "LoadedSnapshot", "check_compatible", "verify_manifest"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -17,7 +17,8 @@ from typing import TextIO
 
 from ..errors import JitcError
 from .format import DTYPES
-from .manifest import MANIFEST, build_manifest, complete_set
+from .layout import MANIFEST, is_stripe_file, parse_done
+from .manifest import build_manifest, complete_set
 from .verify import read_manifest, verify_files
 
 VALID, INVALID, NOT_FOUND = 0, 1, 2
@@ -48,7 +49,9 @@ def inspect_main(path: str | Path, out: TextIO | None = None, err: TextIO | None
             if complete_set(snap_dir) is None:
                 print(f"jitc inspect: {manifest}: manifest missing and no complete stripe set "
                       "(not a snapshot, or an incomplete one)", file=err)
-                return NOT_FOUND if not any(snap_dir.glob("stripe-*")) else INVALID
+                stripes = any(is_stripe_file(p.name) or parse_done(p.name)
+                              for p in snap_dir.iterdir())
+                return INVALID if stripes else NOT_FOUND
             # Complete but unpublished (shim-only mode): verified as the manifest that
             # publishing would write, built in memory. Inspecting never writes.
             m = build_manifest(snap_dir)

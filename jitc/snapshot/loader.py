@@ -21,7 +21,8 @@ from safetensors import safe_open
 
 from ..errors import CorruptSnapshotError
 from .format import DTYPES
-from .manifest import MANIFEST, complete_set, publish
+from .layout import MANIFEST, snapshot_dirs
+from .manifest import complete_set, publish
 from .meta import decode_state
 from .verify import verify_manifest
 
@@ -119,14 +120,11 @@ def _candidate_step(snap_dir: Path) -> tuple[int, float] | None:
 
 def _candidates(root: Path) -> list[Path]:
     """Snapshot directories under root, newest first (by the step they claim)."""
-    if not root.is_dir():
-        return []
     cands = []
-    for d in root.glob("snap-*"):
-        if d.is_dir():
-            key = _candidate_step(d)
-            if key is not None:
-                cands.append((key, d))
+    for d in snapshot_dirs(root):
+        key = _candidate_step(d)
+        if key is not None:
+            cands.append((key, d))
     return [d for _, d in sorted(cands, key=lambda c: c[0], reverse=True)]
 
 

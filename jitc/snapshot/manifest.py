@@ -9,10 +9,8 @@ its own temporary file and the renames replace one complete manifest by another.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import time
 import uuid
 from pathlib import Path
@@ -20,15 +18,11 @@ from typing import Any
 
 from .. import private
 from ..errors import CorruptSnapshotError
+from .digest import DIGEST, digest_of
 from .format import FORMAT, META_KEY, StripeHeader, read_header, split_key
+from .layout import MANIFEST, done_file, parse_done, stripe_file
 
-MANIFEST = "manifest.json"
-DIGEST = "digest"
-_DONE_RE = re.compile(r"^stripe-(\d+)-of-(\d+)\.done$")
-
-
-def stripe_name(j: int, k: int) -> str:
-    return f"stripe-{j}-of-{k}.safetensors"
+stripe_name = stripe_file     # the older name, still imported by checkfree/writer.py
 
 
 def read_done_records(snap_dir: Path) -> dict[int, dict[int, dict[str, Any]]]:
@@ -36,12 +30,10 @@ def read_done_records(snap_dir: Path) -> dict[int, dict[int, dict[str, Any]]]:
     a missing record just means that stripe is not complete."""
     out: dict[int, dict[int, dict[str, Any]]] = {}
     for p in Path(snap_dir).iterdir():
-        match = _DONE_RE.match(p.name)
-        if not match:
+        jk = parse_done(p.name)
+        if jk is None:
             continue
-        j, k = int(match.group(1)), int(match.group(2))
-        if not 0 <= j < k:
-            continue
+        j, k = jk
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):   # ValueError: not UTF-8, not JSON
@@ -70,18 +62,18 @@ def build_manifest(snap_dir: Path, *, world_size: int | None = None) -> dict[str
     k, recs = found
     step, fingerprint = recs[0].get("step"), recs[0].get("fingerprint")
     if not (_is_int(step) and step >= 0 and isinstance(fingerprint, str)):
-        raise CorruptSnapshotError(f"{snap_dir / _done_name(0, k)}: bad step or fingerprint")
+        raise CorruptSnapshotError(f"{snap_dir / done_file(0, k)}: bad step or fingerprint")
     files: dict[str, dict[str, int]] = {}
     headers = []
     for j, rec in enumerate(recs):
-        name = stripe_name(j, k)
+        name = stripe_file(j, k)
         path = snap_dir / name
         if rec.get("step") != step or rec.get("fingerprint") != fingerprint:
             raise CorruptSnapshotError(
-                f"{snap_dir / _done_name(j, k)}: step/fingerprint differ from stripe 0's")
+                f"{snap_dir / done_file(j, k)}: step/fingerprint differ from stripe 0's")
         crc, nbytes = rec.get("crc32c"), rec.get("bytes")
         if not (_is_int(crc) and 0 <= crc < 2**32 and _is_int(nbytes)):
-            raise CorruptSnapshotError(f"{snap_dir / _done_name(j, k)}: bad bytes/crc32c")
+            raise CorruptSnapshotError(f"{snap_dir / done_file(j, k)}: bad bytes/crc32c")
         if not path.is_file():
             raise CorruptSnapshotError(f"{path}: stripe file missing")
         hdr = read_header(path)
@@ -110,9 +102,7 @@ def manifest_digest(m: dict[str, Any]) -> str:
     (file sizes and CRCs, created, world_size). It is not authentication: whoever can
     write the directory can recompute it (files are private to the user: private.py).
     ValueError/RecursionError for a manifest that is not plain JSON (NaN, too deep)."""
-    body = {k: v for k, v in m.items() if k != DIGEST}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+    return digest_of(m)
 
 
 def check_stripe_metadata(hdr: StripeHeader, step: int, fingerprint: str, j: int, k: int) -> None:
@@ -133,7 +123,7 @@ def index_of(headers: list[StripeHeader], k: int) -> tuple[dict[str, Any], dict[
     tensors: dict[str, dict[str, Any]] = {}
     meta = None
     for j, hdr in enumerate(headers):
-        name, path = stripe_name(j, k), hdr.path
+        name, path = stripe_file(j, k), hdr.path
         shapes = _full_shapes(hdr)
         for key, info in hdr.tensors.items():
             if key == META_KEY:
@@ -192,10 +182,6 @@ def _numel(shape) -> int:
 
 def _is_int(x: object) -> bool:
     return type(x) is int
-
-
-def _done_name(j: int, k: int) -> str:
-    return f"stripe-{j}-of-{k}.done"
 
 
 def publish(snap_dir: str | os.PathLike, *, world_size: int | None = None) -> Path:

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import CorruptSnapshotError, ShimError
 from .format import FORMAT, StripeHeader, read_header
-from .manifest import (DIGEST, MANIFEST, check_stripe_metadata, index_of, manifest_digest,
-                       stripe_name)
+from .layout import MANIFEST, stripe_file
+from .manifest import DIGEST, check_stripe_metadata, index_of, manifest_digest
 from .meta import decode_state
 
 _CRC_BLOCK = 64 * 1024 * 1024
@@ -105,7 +105,7 @@ def _check_schema(path: Path, m: dict[str, Any]) -> None:
     files = m.get("files")
     if not (_is_int(k, 1) and isinstance(files, dict) and len(files) == k):
         raise bad("files and nstripes disagree")
-    if set(files) != {stripe_name(j, k) for j in range(k)}:
+    if set(files) != {stripe_file(j, k) for j in range(k)}:
         raise bad(f"files are not the {k} stripes of a snapshot")
     for name, info in files.items():
         if not (isinstance(info, dict) and _is_int(info.get("bytes"))
@@ -138,7 +138,7 @@ def verify_files(root: Path, m: dict[str, Any], *, checksums: bool = True) -> An
         _crc_lib()
     k, headers = m["nstripes"], []
     for j in range(k):
-        name = stripe_name(j, k)
+        name = stripe_file(j, k)
         path, info = root / name, m["files"][name]
         try:
             if not path.is_file():
