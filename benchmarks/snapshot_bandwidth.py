@@ -64,7 +64,8 @@ def raw_write(path: Path, arrays: list[np.ndarray]) -> float:
 
 def worker(args) -> int:
     """One writer process: register, say ready, wait for go, write stripe j of k."""
-    from jitc._shim import check, ffi_lib
+    from jitc._shim import c_strings, check, ffi_lib
+    from jitc.snapshot.layout import stripe_stem
     ffi, lib = ffi_lib()
     arrays = make_registry(args.bytes)
     check(lib.jitc_init(args.stripe, args.stripe, args.k, 0, 1), "init")
@@ -79,8 +80,9 @@ def worker(args) -> int:
     sys.stdin.readline()
     step = ffi.new("int64_t*")
     t0 = time.monotonic()
-    rc = lib.jitc_snapshot_write(args.dir.encode(), args.k, ffi.new("int[]", [args.stripe]), 1,
-                                 600.0, step)
+    stems, _keep = c_strings([stripe_stem(args.stripe, args.k)])
+    rc = lib.jitc_snapshot_write(args.dir.encode(), args.k, ffi.new("int[]", [args.stripe]),
+                                 stems, 1, 600.0, step)
     t1 = time.monotonic()
     check(rc, "snapshot_write")
     print(json.dumps({"start": t0, "end": t1}), flush=True)

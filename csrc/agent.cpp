@@ -83,6 +83,7 @@ struct SnapshotCommand {
   std::string id;
   std::string dir;
   std::vector<int> stripes;
+  std::vector<std::string> files;   // the file stem of each stripe, parallel to stripes
   int nstripes = 0;
   bool has_step = false;
   int64_t step = 0;
@@ -94,11 +95,35 @@ constexpr int64_t kMaxStripes = 1 << 16;
 constexpr size_t kMaxIdBytes = 256;
 constexpr double kMaxCommandTimeoutS = 24 * 3600.0;   // a bound, not a plan
 
+// The caller names each stripe's file (jitc/snapshot/layout.py); the agent only checks that
+// each is a plain file name, so a command cannot aim a file outside its directory.
+void parse_files(const json::Value* files, size_t n, std::vector<std::string>* out,
+                 std::string* why) {
+  if (files == nullptr || files->type != json::Value::Type::Array || files->arr.size() != n) {
+    *why = "malformed SNAPSHOT command: files (one file stem per stripe)";
+    return;
+  }
+  for (const json::Value& f : files->arr) {
+    if (!f.is_string() || !snapshot::plain_name(f.s)) {
+      *why = "malformed SNAPSHOT command: files: not a plain file name (no '/', no '..', "
+             "1.." + std::to_string(snapshot::kMaxStemBytes) + " bytes)";
+      return;
+    }
+    for (const std::string& seen : *out)
+      if (seen == f.s) {
+        *why = "malformed SNAPSHOT command: files: a stem given twice";
+        return;
+      }
+    out->push_back(f.s);
+  }
+}
+
 bool parse_snapshot(const json::Value& body, SnapshotCommand* c, std::string* why) {
   const json::Value* id = body.get("id");
   if (id != nullptr && id->is_string() && id->s.size() <= kMaxIdBytes) c->id = id->s;
   const json::Value* dir = body.get("dir");
   const json::Value* stripes = body.get("stripes");
+  const json::Value* files = body.get("files");
   const json::Value* step = body.get("step");
   const json::Value* timeout = body.get("timeout");
   int64_t k = 0, v = 0;
@@ -128,6 +153,7 @@ bool parse_snapshot(const json::Value& body, SnapshotCommand* c, std::string* wh
       if (c->stripes.size() < static_cast<size_t>(kMaxStripes)) c->stripes.push_back(good ? static_cast<int>(j) : -1);
     }
   }
+  if (why->empty()) parse_files(files, c->stripes.size(), &c->files, why);
   if (!why->empty()) return false;
   c->dir = dir->s;
   if (step != nullptr && step->type != json::Value::Type::Null) {
@@ -166,7 +192,7 @@ void on_snapshot(Loop& loop, const json::Value& body) {
     } else {
       debug("snapshot %s: %zu stripe(s) of %d at step %lld", sid.c_str(), list.size(), k,
             static_cast<long long>(at));
-      results = snapshot::write_stripes(target, k, list, at, cmd.timeout_s);
+      results = snapshot::write_stripes(target, k, list, cmd.files, at, cmd.timeout_s);
     }
     snapshot_exit();
   }
@@ -507,6 +533,11 @@ double seconds_until(uint64_t deadline_ns) {
   return deadline_ns > now ? static_cast<double>(deadline_ns - now) / 1e9 : 0.0;
 }
 
+// The one name the shim spells itself: shim-only, an interposer may activate it with no
+// Python to ask. layout.stripe_stem(0, 1); tests/shim/test_sigterm_shim_only.py holds the two
+// against each other.
+constexpr const char* kLocalStem = "stripe-0-of-1";
+
 // Writes stripe 0 of 1 of the registered state into this rank's own snapshot directory and
 // says what happened on stderr (shim-only mode has no supervisor to log it): the snapshot
 // written (local rank 0; every rank writes one), or why not (every rank). deadline_ns 0:
@@ -542,7 +573,7 @@ void write_local(const char* reason, uint64_t deadline_ns) {
     if (write_s <= 0) {
       why = "no time left before the SIGTERM is due";
     } else if (make_dirs(dir, &why)) {
-      for (const auto& r : snapshot::write_stripes(dir, 1, {0}, step, write_s)) {
+      for (const auto& r : snapshot::write_stripes(dir, 1, {0}, {kLocalStem}, step, write_s)) {
         debug("local snapshot stripe %d: %s %s", r.stripe, r.ok ? "ok" : "FAILED",
               r.ok ? r.file.c_str() : r.error.c_str());
         ok = r.ok;

@@ -430,13 +430,21 @@ JITC_API int jitc_set_meta(const void* data, size_t nbytes) {
   return JITC_OK;
 }
 
-JITC_API int jitc_snapshot_write(const char* dir, int nstripes, const int* stripes, int nlist,
-                                 double timeout_s, int64_t* step_out) {
-  if (dir == nullptr || dir[0] == '\0' || nstripes < 1 || nlist < 1 || stripes == nullptr)
+JITC_API int jitc_snapshot_write(const char* dir, int nstripes, const int* stripes,
+                                 const char* const* stems, int nlist, double timeout_s,
+                                 int64_t* step_out) {
+  if (dir == nullptr || dir[0] == '\0' || nstripes < 1 || nlist < 1 || stripes == nullptr ||
+      stems == nullptr)
     return fail(JITC_E_INVALID, "jitc_snapshot_write: bad argument");
   std::vector<int> list(stripes, stripes + nlist);
   for (int j : list)
     if (j < 0 || j >= nstripes) return fail(JITC_E_INVALID, "jitc_snapshot_write: stripe %d of %d", j, nstripes);
+  std::vector<std::string> names;
+  for (int i = 0; i < nlist; ++i) {
+    if (stems[i] == nullptr || !jitc::snapshot::plain_name(stems[i]))
+      return fail(JITC_E_INVALID, "jitc_snapshot_write: stem %d is not a plain file name", i);
+    names.emplace_back(stems[i]);
+  }
   std::string why;
   if (!jitc::agent::make_dirs(dir, &why)) return fail(JITC_E_IO, "jitc_snapshot_write: %s", why.c_str());
   if (!jitc::snapshot_enter(timeout_s, &why)) {
@@ -446,7 +454,7 @@ JITC_API int jitc_snapshot_write(const char* dir, int nstripes, const int* strip
   int64_t step = state().completed.load();
   std::vector<jitc::snapshot::StripeResult> results;
   try {
-    results = jitc::snapshot::write_stripes(dir, nstripes, list, step, timeout_s);
+    results = jitc::snapshot::write_stripes(dir, nstripes, list, names, step, timeout_s);
   } catch (const std::exception& e) {
     jitc::snapshot_exit();
     return fail(JITC_E_IO, "jitc_snapshot_write: %s", e.what());

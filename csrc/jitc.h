@@ -108,10 +108,13 @@ JITC_API int jitc_set_meta(const void *data, size_t nbytes);
 
 /* Write stripes of the registered state into dir now, from the calling thread's point of
  * view synchronously (used by the periodic safety net and shim-only mode; the supervisor's
- * SNAPSHOT command uses the same engine from the agent thread). Returns the step written
- * in *step_out. */
+ * SNAPSHOT command uses the same engine from the agent thread). stripes[i] goes to
+ * "<dir>/<stems[i]>.safetensors" and ".done": the caller names the files
+ * (jitc/snapshot/layout.py); a stem that is not a plain file name is JITC_E_INVALID.
+ * Returns the step written in *step_out. */
 JITC_API int jitc_snapshot_write(const char *dir, int nstripes, const int *stripes,
-                                 int nlist, double timeout_s, int64_t *step_out);
+                                 const char *const *stems, int nlist, double timeout_s,
+                                 int64_t *step_out);
 
 /* CRC32C (Castagnoli) of n bytes, continuing from crc (start with 0). Hardware-accelerated
  * where the CPU has it; the snapshot checksums use it, and Python verifies with it. */

@@ -51,6 +51,14 @@ def ffi_lib():
     return ffi, lib
 
 
+def c_strings(names: list[str]):
+    """(``char *[]`` of ``names``, the buffers it points into) for a C call: keep both
+    alive until the call returns."""
+    ffi, _ = ffi_lib()
+    buffers = [ffi.new("char[]", name.encode()) for name in names]
+    return ffi.new("char *[]", buffers), buffers
+
+
 def check(status: int, what: str) -> None:
     """Raise ShimError for a non-zero jitc_status."""
     if status != 0:

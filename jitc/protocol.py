@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ProtocolError
+from .snapshot.layout import is_plain_name
 
 MAGIC = b"JT"
 VERSION = 1
@@ -101,6 +102,12 @@ def _ints(max_len: int, lo: int = INT64_MIN, hi: int = INT64_MAX) -> Check:
     return lambda v: type(v) is list and len(v) <= max_len and all(item(x) for x in v)
 
 
+def _stems(v: Any) -> bool:
+    """File stems of a SNAPSHOT's stripes: plain file names (layout.py), each once."""
+    return (type(v) is list and len(v) <= MAX_LIST and all(is_plain_name(x) for x in v)
+            and len(set(v)) == len(v))
+
+
 def _nullable(check: Check) -> Check:
     return lambda v: v is None or check(v)
 
@@ -145,6 +152,7 @@ SCHEMAS: dict[Msg, dict[str, tuple[Check, bool]]] = {
     Msg.QUERY: {},
     Msg.SNAPSHOT: {"id": (_str, True), "dir": (_str, True),
                    "stripes": (_ints(MAX_LIST, 0, MAX_LIST - 1), True),
+                   "files": (_stems, True),
                    "nstripes": (_int(1, MAX_LIST), True), "step": (INT, False),
                    "timeout": (_num(0.0), False)},
     Msg.RELEASE: {},
@@ -173,6 +181,8 @@ def validate(kind: Msg, body: dict[str, Any]) -> None:
             raise ProtocolError(f"HELLO: num_shards {shards} exceeds world_size {world}")
     if kind is Msg.SNAPSHOT and any(j >= body["nstripes"] for j in body["stripes"]):
         raise ProtocolError("SNAPSHOT: stripe index outside nstripes")
+    if kind is Msg.SNAPSHOT and len(body["files"]) != len(body["stripes"]):
+        raise ProtocolError("SNAPSHOT: files and stripes differ in length")
 
 
 def _short(value: Any) -> str:

@@ -19,7 +19,7 @@ from . import carried, env, excepthook, private, rank_state, rng, warmset
 from . import faults as faults_mod
 from . import limits
 from . import state as st
-from ._shim import check, ffi_lib
+from ._shim import c_strings, check, ffi_lib
 from .data import check_resumable, epoch_iterator
 from .errors import CorruptSnapshotError, JitcError
 from .resume import restore
@@ -352,9 +352,10 @@ class Session:
     def _write(self, directory: Path, nstripes: int, stripe: int) -> int:
         from .snapshot import publish
         stripes = self._ffi.new("int[]", [stripe])
+        stems, _keep = c_strings([layout.stripe_stem(stripe, nstripes)])
         step_out = self._ffi.new("int64_t *")
-        check(self._lib.jitc_snapshot_write(str(directory).encode(), nstripes, stripes, 1,
-                                            PERIODIC_TIMEOUT_S, step_out), "snapshot")
+        check(self._lib.jitc_snapshot_write(str(directory).encode(), nstripes, stripes, stems,
+                                            1, PERIODIC_TIMEOUT_S, step_out), "snapshot")
         try:
             publish(directory)   # whichever replica writes the last stripe publishes
         except CorruptSnapshotError:

@@ -49,12 +49,20 @@ struct StripeResult {
   std::string error;
 };
 
-// Write the given stripes (of nstripes) for the committed registry into dir: each to
-// "<dir>/stripe-<j>-of-<k>.safetensors" via a temporary name, fsync, rename, then the
-// "<...>.done" record; stripes written in parallel (up to 4 threads). The caller (core)
+// A file stem the caller may give (jitc/snapshot/layout.py is_plain_name, MAX_STEM): one
+// path component, not empty, at most kMaxStemBytes, no "..".
+inline constexpr size_t kMaxStemBytes = 128;
+bool plain_name(const std::string& name);
+
+// Write the given stripes (of nstripes) for the committed registry into dir: stripes[i] to
+// "<dir>/<stems[i]>.safetensors" via a temporary name, fsync, rename, then the
+// "<dir>/<stems[i]>.done" record; stripes written in parallel (up to 4 threads). The stems
+// are the caller's (jitc/snapshot/layout.py names files, the engine never does); a stem
+// that is not plain_name, or given twice, fails every stripe. The caller (core)
 // guarantees the optimizer window is closed for the duration (invariant I1).
 std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
-                                        const std::vector<int>& stripes, int64_t step,
+                                        const std::vector<int>& stripes,
+                                        const std::vector<std::string>& stems, int64_t step,
                                         double timeout_s);
 
 // CRC32C (Castagnoli), incremental: crc = crc32c(crc, data, n), start with 0.

@@ -1,4 +1,5 @@
-// The GIL-free stripe writer: registered state -> "<dir>/stripe-<j>-of-<k>.safetensors".
+// The GIL-free stripe writer: registered state -> "<dir>/<stem>.safetensors", the stem of
+// each stripe told by the caller (jitc/snapshot/layout.py names files; this never does).
 //
 // Runs on the agent thread (supervisor SNAPSHOT) or the caller's thread (jitc_snapshot_write)
 // and never touches Python (invariant I5). Each stripe is written by its own thread (up to
@@ -168,13 +169,10 @@ bool write_pieces(int fd, const StripeLayout& lay, Clock::time_point deadline, u
   return true;
 }
 
-std::string stripe_base(const std::string& dir, int j, int k) {
-  return dir + "/stripe-" + std::to_string(j) + "-of-" + std::to_string(k);
-}
-
-void write_one(const std::string& dir, const View& view, const std::vector<Chunk>& chunks,
-               int j, int k, int64_t step, Clock::time_point deadline, StripeResult* res) {
-  const std::string base = stripe_base(dir, j, k);
+void write_one(const std::string& dir, const std::string& stem, const View& view,
+               const std::vector<Chunk>& chunks, int j, int k, int64_t step,
+               Clock::time_point deadline, StripeResult* res) {
+  const std::string base = dir + "/" + stem;
   const std::string path = base + ".safetensors";
   const std::string tmp = tmp_name(path);
   res->file = path;
@@ -223,6 +221,7 @@ struct Job {
   View view;
   std::vector<std::vector<Chunk>> assignment;
   std::vector<int> stripes;
+  std::vector<std::string> stems;      // parallel to stripes
   int nstripes = 0;
   int64_t step = 0;
   Clock::time_point deadline;
@@ -240,8 +239,8 @@ void worker(std::shared_ptr<Job> job) {
     const int j = job->stripes[i];
     StripeResult r;
     r.stripe = j;
-    write_one(job->dir, job->view, job->assignment[static_cast<size_t>(j)], j, job->nstripes,
-              job->step, job->deadline, &r);
+    write_one(job->dir, job->stems[i], job->view, job->assignment[static_cast<size_t>(j)], j,
+              job->nstripes, job->step, job->deadline, &r);
     if (!r.ok) debug("snapshot stripe %d-of-%d failed: %s", j, job->nstripes, r.error.c_str());
     std::lock_guard<std::mutex> lk(job->mu);
     job->results[i] = std::move(r);
@@ -260,8 +259,14 @@ std::string os_error(const std::string& what, const std::string& path, int err) 
          " (" + std::strerror(err) + ")";
 }
 
+bool plain_name(const std::string& name) {
+  return !name.empty() && name.size() <= kMaxStemBytes && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos && name.find("..") == std::string::npos;
+}
+
 std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
-                                        const std::vector<int>& stripes, int64_t step,
+                                        const std::vector<int>& stripes,
+                                        const std::vector<std::string>& stems, int64_t step,
                                         double timeout_s) {
   std::vector<StripeResult> out(stripes.size());
   for (size_t i = 0; i < stripes.size(); ++i) out[i].stripe = stripes[i];
@@ -272,6 +277,12 @@ std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
   if (nstripes < 1) return fail_all("nstripes must be >= 1");
   for (int j : stripes)
     if (j < 0 || j >= nstripes) return fail_all("stripe index out of range");
+  if (stems.size() != stripes.size()) return fail_all("one file stem per stripe needed");
+  for (size_t i = 0; i < stems.size(); ++i) {
+    if (!plain_name(stems[i])) return fail_all("bad file stem (not a plain file name)");
+    for (size_t m = 0; m < i; ++m)
+      if (stems[m] == stems[i]) return fail_all("two stripes given the same file stem");
+  }
   if (!(timeout_s > 0)) return fail_all("timeout must be > 0");
   if (stripes.empty()) return out;
 
@@ -283,6 +294,7 @@ std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
   job->dir = dir;
   job->assignment = assign_stripes(job->view.gen->entries, nstripes);
   job->stripes = stripes;
+  job->stems = stems;
   job->nstripes = nstripes;
   job->step = step;
   job->deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(

@@ -41,6 +41,7 @@ from .. import private
 from ..causes import Cause, from_oserror, parse
 from ..errors import JitcError
 from ..protocol import Msg
+from ..snapshot.layout import stripe_stem
 from .events import EventLog
 from .server import RankInfo
 from .stages import METHOD, StagePlan, latest_complete_stages, plan_stages, rebuild_stage
@@ -254,6 +255,7 @@ class Recovery:
     def _request(self, shard: _Shard, rank: int, stripe: int, now: float,
                  reassigned_from: int | None, error: str | None = None) -> None:
         body = {"id": self._id, "dir": str(shard.dir), "stripes": [stripe],
+                "files": [stripe_stem(stripe, len(shard.writers))],
                 "nstripes": len(shard.writers), "step": self._step}
         self.send(rank, Msg.SNAPSHOT, body)
         self.events.emit("snapshot_requested", self.attempt, rank=rank, step=self._step,

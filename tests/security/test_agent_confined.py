@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from jitc.protocol import Msg
+from jitc.snapshot.layout import MAX_STEM, stripe_stem
 from tests.shim.conftest import INIT, FakeSupervisor, register, spawn
 
 REGISTER = register(1024) + """
@@ -42,8 +43,9 @@ def _rank(sup: FakeSupervisor, root: Path, umask: int | None = None):
     return child
 
 
-def _snapshot(sup: FakeSupervisor, directory: str, sid: str) -> dict:
-    sup.send(Msg.SNAPSHOT, {"id": sid, "dir": directory, "stripes": [0], "nstripes": 1, "step": 3})
+def _snapshot(sup: FakeSupervisor, directory: str, sid: str, files=(stripe_stem(0, 1),)) -> dict:
+    sup.send(Msg.SNAPSHOT, {"id": sid, "dir": directory, "stripes": [0], "files": list(files),
+                            "nstripes": 1, "step": 3})
     while True:
         done = sup.expect(Msg.SNAPSHOT_DONE, timeout=15).body
         if done["id"] == sid:
@@ -85,6 +87,37 @@ def test_snapshot_outside_the_root_is_refused_and_writes_nothing(sup, tmp_path: 
         assert (root / "snap-a0-s3-0" / "stripe-0-of-1.safetensors").is_file()
         sup.send(Msg.QUERY, {})
         assert sup.expect(Msg.STATE).body["completed"] == 3
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_file_stem_that_is_not_a_plain_name_is_refused(sup, tmp_path: Path) -> None:
+    """The caller names the stripe files (layout.py); the agent checks each is one plain
+    file name, so no stem can aim a file outside the directory the command named."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(mode=0o700)
+    outside.mkdir(mode=0o700)
+    child = _rank(sup, root)
+    target = root / "snap-a0-s3-0"
+    try:
+        refused = {
+            "slash": ["sub/stripe-0-of-1"], "dotdot": ["../../outside/stripe-0-of-1"],
+            "dots": [".."], "empty": [""], "long": ["s" * (MAX_STEM + 1)], "number": [0],
+            "missing": None, "two-for-one": ["a", "b"], "none": [],
+        }
+        for sid, files in refused.items():
+            body = {"id": sid, "dir": str(target), "stripes": [0], "nstripes": 1, "step": 3}
+            if files is not None:
+                body["files"] = files
+            sup.send(Msg.SNAPSHOT, body)
+            done = sup.expect(Msg.SNAPSHOT_DONE, timeout=15).body
+            assert done["id"] == sid and done["ok"] is False, (sid, done)
+            assert "files" in done["error"], (sid, done)
+        assert _files(outside) == [] and _files(root) == [], "a refused command wrote"
+        done = _snapshot(sup, str(target), "told", files=["my-stem"])   # any plain name goes
+        assert done["ok"] is True and done["file"] == str(target / "my-stem.safetensors"), done
+        assert _files(target) == ["my-stem.done", "my-stem.safetensors"]
     finally:
         child.kill()
         child.wait()

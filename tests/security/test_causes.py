@@ -73,7 +73,7 @@ def _temporaries(root: Path) -> list[Path]:
 _BIG_WRITE = textwrap.dedent("""
     import sys
     import numpy as np
-    from jitc._shim import ffi_lib
+    from jitc._shim import c_strings, ffi_lib
     ffi, lib = ffi_lib()
     assert lib.jitc_init(0, 0, 1, 0, 1) == 0
     a = np.ones(1 << 20, dtype=np.float32)                      # 4 MiB: never fits
@@ -83,7 +83,8 @@ _BIG_WRITE = textwrap.dedent("""
                                  shape, 1, -1) == 0
     assert lib.jitc_registry_commit() == 0
     assert lib.jitc_step_begin(1) == 0
-    rc = lib.jitc_snapshot_write(sys.argv[1].encode(), 1, ffi.new("int[]", [0]), 1, 30.0,
+    stems, _keep = c_strings(["stripe-0-of-1"])
+    rc = lib.jitc_snapshot_write(sys.argv[1].encode(), 1, ffi.new("int[]", [0]), stems, 1, 30.0,
                                  ffi.new("int64_t*"))
     print(rc, ffi.string(lib.jitc_last_error()).decode())
     lib.jitc_shutdown(1)

@@ -68,7 +68,8 @@ def _templates(rank: int, world: int, pid: int, rng: random.Random,
         Msg.STATE: dict(rank=rank, completed=step, window_open=False, usable=True,
                         fingerprint="f", nbytes=4096, shard=shard),
         Msg.QUERY: {},
-        Msg.SNAPSHOT: dict(id="x", dir="/tmp/x", stripes=[0], nstripes=1, step=step),
+        Msg.SNAPSHOT: dict(id="x", dir="/tmp/x", stripes=[0], files=["stripe-0-of-1"],
+                           nstripes=1, step=step),
         Msg.RELEASE: {},
     }
 
@@ -270,6 +271,8 @@ def test_fuzz_agent_in_a_real_rank(fake_supervisor, tmp_path: Path) -> None:
             if mtype is Msg.SNAPSHOT:
                 body = dict(id=f"f{i}", dir=_snapshot_dirs(root, outside, elsewhere, rng),
                             stripes=rng.choice([[0], [0], [1], [0, 0], [-1], [2 ** 40]]),
+                            files=rng.choice([["stripe-0-of-1"]] * 4 + [
+                                ["../x"], ["a/b"], [""], ["n" * 300], [7], ["s", "s"], []]),
                             nstripes=rng.choice([1, 1, 2, 0, -3, 2 ** 40]),
                             step=rng.choice([2, 2, 3, 2.0, 2.5]))
                 if "timeout" not in body and rng.random() < 0.2:

@@ -67,16 +67,24 @@ shape = ffi.new("int64_t[1]", [256])
 assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 1, -1) == 0
 lib.jitc_registry_commit()
 stripes = ffi.new("int[1]", [0]); step = ffi.new("int64_t*")
+from jitc._shim import c_strings
+stems, _keep = c_strings(["stripe-0-of-1"])
 lib.jitc_step_begin(4)
 assert lib.jitc_optimizer_begin(1.0) == 0
 t0 = time.monotonic()
-rc = lib.jitc_snapshot_write({str(tmp_path / 'a')!r}.encode(), 1, stripes, 1, 5.0, step)
+rc = lib.jitc_snapshot_write({str(tmp_path / 'a')!r}.encode(), 1, stripes, stems, 1, 5.0, step)
 assert rc == 2 and "optimizer window" in ffi.string(lib.jitc_last_error()).decode(), rc
 assert time.monotonic() - t0 < 1.0
 assert lib.jitc_optimizer_end() == 0
 lib.jitc_step_begin(5)
-assert lib.jitc_snapshot_write({str(tmp_path / 'b')!r}.encode(), 1, stripes, 1, 5.0, step) == 0
+assert lib.jitc_snapshot_write({str(tmp_path / 'b')!r}.encode(), 1, stripes, stems, 1, 5.0,
+                               step) == 0
 assert step[0] == 5
+for bad in ("../b/x", "a/b", "", "s" * 129):      # the caller names files, plainly
+    bad_stems, _k = c_strings([bad])
+    assert lib.jitc_snapshot_write({str(tmp_path / 'c')!r}.encode(), 1, stripes, bad_stems, 1,
+                                   5.0, step) == 1, bad
+    assert "not a plain file name" in ffi.string(lib.jitc_last_error()).decode()
 lib.jitc_shutdown(1)
 print("ok")
 """)
@@ -98,9 +106,11 @@ assert lib.jitc_registry_add(b"w", ffi.from_buffer(w), w.nbytes, b"F32", shape, 
 lib.jitc_registry_commit()
 lib.jitc_step_begin(1)
 stripes = ffi.new("int[1]", [0]); step = ffi.new("int64_t*")
+from jitc._shim import c_strings
+stems, _keep = c_strings(["stripe-0-of-1"])
 done = []
 t = threading.Thread(target=lambda: done.append(
-    lib.jitc_snapshot_write({str(tmp_path / 's')!r}.encode(), 1, stripes, 1, 30.0, step)))
+    lib.jitc_snapshot_write({str(tmp_path / 's')!r}.encode(), 1, stripes, stems, 1, 30.0, step)))
 t.start()
 time.sleep(0.02)
 rc = lib.jitc_optimizer_begin(0.001)

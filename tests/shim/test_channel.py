@@ -104,6 +104,7 @@ def test_snapshot_step_mismatch_refused(supervisor, tmp_path) -> None:
     supervisor.expect(Msg.HELLO)
     supervisor.expect(Msg.PROGRESS)
     supervisor.send(Msg.SNAPSHOT, {"id": "s", "dir": str(tmp_path / "s"), "stripes": [0, 1],
+                                   "files": ["stripe-0-of-2", "stripe-1-of-2"],
                                    "nstripes": 2, "step": 9})
     done = [supervisor.expect(Msg.SNAPSHOT_DONE).body for _ in range(2)]
     assert [d["stripe"] for d in done] == [0, 1]

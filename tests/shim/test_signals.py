@@ -87,7 +87,8 @@ def test_sigterm_held_until_snapshot_written(supervisor, tmp_path: Path) -> None
     time.sleep(0.5)
     assert child.poll() is None, "SIGTERM was not held"
     snap = tmp_path / "snap-x"
-    supervisor.send(Msg.SNAPSHOT, {"id": "x", "dir": str(snap), "stripes": [0], "nstripes": 1, "step": 5})
+    supervisor.send(Msg.SNAPSHOT, {"id": "x", "dir": str(snap), "stripes": [0],
+                                   "files": ["stripe-0-of-1"], "nstripes": 1, "step": 5})
     done = supervisor.expect(Msg.SNAPSHOT_DONE, timeout=10).body
     assert done["ok"] is True, done
     assert done["stripe"] == 0 and done["step"] == 5 and done["id"] == "x"

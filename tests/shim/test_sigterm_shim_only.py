@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from jitc import limits
+from jitc.snapshot import layout
 
 from .conftest import INIT, register, spawn
 
@@ -33,7 +34,8 @@ def _term(body: str, root: Path, extra_env=None, after: float = 0.0):
 
 
 def _done(root: Path, name: str) -> dict:
-    return json.loads((root / name / "stripe-0-of-1.done").read_text())
+    # layout's name: the shim's one spelling of its own (kLocalStem, csrc/agent.cpp) must agree.
+    return json.loads((root / name / layout.done_file(0, 1)).read_text())
 
 
 def test_torchruns_stop_grace_leaves_room_for_the_hold() -> None:

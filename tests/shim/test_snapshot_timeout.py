@@ -35,7 +35,7 @@ def test_writer_gives_up_at_the_snapshot_timeout_it_was_told(supervisor, tmp_pat
         t0 = time.monotonic()
         # No "timeout" in the command: the rank's own limit is the one it was told.
         supervisor.send(Msg.SNAPSHOT, {"id": "t", "dir": str(snap), "stripes": [0],
-                                       "nstripes": 1, "step": 4})
+                                       "files": ["stripe-0-of-1"], "nstripes": 1, "step": 4})
         done = supervisor.expect(Msg.SNAPSHOT_DONE, timeout=20).body
         took = time.monotonic() - t0
         assert done["ok"] is False and "timed out" in done["error"], done

@@ -11,7 +11,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from _state import make_meta, make_state  # noqa: E402
 
-from jitc._shim import check, ffi_lib  # noqa: E402
+from jitc._shim import c_strings, check, ffi_lib  # noqa: E402
+from jitc.snapshot.layout import stripe_stem  # noqa: E402
 
 
 def main() -> int:
@@ -39,8 +40,9 @@ def main() -> int:
     check(lib.jitc_step_begin(a.step), "step_begin")
     stripes = [int(s) for s in a.stripes.split(",")]
     step_out = ffi.new("int64_t*")
+    stems, _keep = c_strings([stripe_stem(j, a.nstripes) for j in stripes])
     check(lib.jitc_snapshot_write(a.dir.encode(), a.nstripes, ffi.new("int[]", stripes),
-                                  len(stripes), a.timeout, step_out), "snapshot_write")
+                                  stems, len(stripes), a.timeout, step_out), "snapshot_write")
     print(step_out[0])
     lib.jitc_shutdown(1)
     return 0

@@ -14,7 +14,7 @@ from jitc.snapshot import load
 _PROBE = textwrap.dedent("""
     import sys
     import numpy as np
-    from jitc._shim import ffi_lib
+    from jitc._shim import c_strings, ffi_lib
     ffi, lib = ffi_lib()
     assert lib.jitc_init(0, 0, 1, 0, 1) == 0
     a = np.zeros(4, dtype=np.float32)
@@ -31,7 +31,9 @@ _PROBE = textwrap.dedent("""
     assert lib.jitc_registry_commit() == 0
     assert lib.jitc_step_begin(1) == 0
     step = ffi.new("int64_t*")
-    rc = lib.jitc_snapshot_write(sys.argv[1].encode(), 1, ffi.new("int[]", [0]), 1, 10.0, step)
+    stems, _keep = c_strings(["stripe-0-of-1"])
+    rc = lib.jitc_snapshot_write(sys.argv[1].encode(), 1, ffi.new("int[]", [0]), stems, 1, 10.0,
+                                 step)
     out.append((rc, err()))
     for rc, msg in out:
         print(rc, msg)

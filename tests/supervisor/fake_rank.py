@@ -112,12 +112,12 @@ class Rank:
                 if (os.environ.get("FAKE_DIE_IN_SNAPSHOT") == str(self.rank)
                         and self.attempt == 0):
                     os.kill(os.getpid(), signal.SIGKILL)
-                for j in msg.body["stripes"]:
-                    self._write_stripe(msg.body, j)
+                for j, stem in zip(msg.body["stripes"], msg.body["files"]):
+                    self._write_stripe(msg.body, j, stem)
             elif msg.type is Msg.RELEASE:
                 self.released.set()
 
-    def _write_stripe(self, req, j):
+    def _write_stripe(self, req, j, stem):
         from safetensors.numpy import save_file
         k, step = req["nstripes"], req["step"]
         d = Path(req["dir"])
@@ -129,7 +129,7 @@ class Rank:
                 meta = json.dumps({"format": META_FORMAT,
                                    "state": {"step": step, "extras": {}}}).encode()
                 tensors[META_KEY] = np.frombuffer(meta, dtype=np.uint8).copy()
-            path = d / f"stripe-{j}-of-{k}.safetensors"
+            path = d / f"{stem}.safetensors"
             tmp = path.with_suffix(".tmp")
             save_file(tensors, str(tmp), metadata={
                 "format": SNAPSHOT_FORMAT, "step": str(step), "fingerprint": FINGERPRINT,
@@ -144,7 +144,7 @@ class Rank:
         else:
             nbytes, crc, err = 0, 0, f"at step {self.completed}, asked for {step}"
         self.send(Msg.SNAPSHOT_DONE, id=req["id"], rank=self.rank, stripe=j, nstripes=k, ok=ok,
-                  step=step, file=f"stripe-{j}-of-{k}.safetensors", bytes=nbytes, crc32c=crc,
+                  step=step, file=f"{stem}.safetensors", bytes=nbytes, crc32c=crc,
                   fingerprint=FINGERPRINT, error=err)
 
     # -- training ------------------------------------------------------------------------

@@ -58,10 +58,12 @@ JITC_API int jitc_set_meta(const void* data, size_t n) {
   jitc::snapshot::set_meta(data, n);
   return JITC_OK;
 }
-JITC_API int jitc_snapshot_write(const char* dir, int nstripes, const int* stripes, int nlist,
-                                 double timeout_s, int64_t* step_out) {
+JITC_API int jitc_snapshot_write(const char* dir, int nstripes, const int* stripes,
+                                 const char* const* stems, int nlist, double timeout_s,
+                                 int64_t* step_out) {
   std::vector<int> list(stripes, stripes + nlist);
-  auto res = jitc::snapshot::write_stripes(dir, nstripes, list, g_step, timeout_s);
+  std::vector<std::string> names(stems, stems + nlist);
+  auto res = jitc::snapshot::write_stripes(dir, nstripes, list, names, g_step, timeout_s);
   for (auto& r : res)
     if (!r.ok) {
       t_err = r.error;
