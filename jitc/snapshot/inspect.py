@@ -7,17 +7,22 @@ bytes, and the meta size. It only reads: a complete but unpublished snapshot is 
 against a manifest built in memory, nothing is written into the directory. The exit code
 is the verdict, so scripts can gate on it: 0 valid, 1 invalid (one line on stderr naming
 the file and what is wrong), 2 not found.
+
+A snapshot with several shards (a directory holding an index, or the index itself) is
+checked shard by shard, as the ranks would resume from it: the index first (layout.py),
+then every manifest it names; one bad or missing shard makes the whole snapshot invalid.
 """
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from ..errors import JitcError
 from .format import DTYPES
-from .layout import MANIFEST, is_stripe_file, parse_done
+from .layout import INDEX, MANIFEST, is_stripe_file, parse_done, read_index
 from .manifest import build_manifest, complete_set
 from .verify import read_manifest, verify_files
 
@@ -36,6 +41,29 @@ def inspect_main(path: str | Path, out: TextIO | None = None, err: TextIO | None
     out = out or sys.stdout
     err = err or sys.stderr
     path = Path(path)
+    index = path if path.name == INDEX else path / INDEX
+    if os.path.lexists(index):
+        return _inspect_index(index, out, err)
+    return _inspect_one(path, out, err)
+
+
+def _inspect_index(index: Path, out: TextIO, err: TextIO) -> int:
+    try:
+        shards = read_index(index)
+    except JitcError as e:
+        print(f"jitc inspect: INVALID: {e}", file=err)
+        print(f"snapshot index {index}\n  INVALID", file=out)
+        return INVALID
+    print(f"snapshot index {index}  ({len(shards)} shards)", file=out)
+    verdict = VALID
+    for shard, manifest in sorted(shards.items()):
+        print(f"shard {shard}:", file=out)
+        code = _inspect_one(manifest, out, err)
+        verdict = max(verdict, INVALID if code != VALID else VALID)   # the index promised it
+    return verdict
+
+
+def _inspect_one(path: Path, out: TextIO, err: TextIO) -> int:
     manifest = path if path.name == MANIFEST else path / MANIFEST
     snap_dir = manifest.parent
     if not snap_dir.is_dir():

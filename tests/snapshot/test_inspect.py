@@ -3,13 +3,60 @@ from __future__ import annotations
 
 import io
 
-from jitc.snapshot import inspect_main, publish
+import pytest
+
+from jitc.snapshot import inspect_main, layout, publish
 
 
 def _run(path):
     out, err = io.StringIO(), io.StringIO()
     rc = inspect_main(path, out=out, err=err)
     return rc, out.getvalue(), err.getvalue()
+
+
+def _sharded(root, write_snapshot, n=2, step=5):
+    snap = root / f"snap-a0-s{step}-0"
+    manifests = {}
+    for s in range(n):
+        d = layout.shard_dir(snap, s, n)
+        write_snapshot(d, 1, [0], step=step, seed=s)
+        manifests[s] = publish(d)
+    layout.write_index(snap, manifests, n)
+    return snap, manifests
+
+
+def test_inspect_a_snapshot_with_several_shards(tmp_path, write_snapshot):
+    snap, manifests = _sharded(tmp_path, write_snapshot)
+    rc, out, err = _run(snap)
+    assert rc == 0, err
+    assert "(2 shards)" in out and out.count("checksums: OK") == 2
+    assert "shard 1:" in out and str(manifests[1].parent) in out
+    assert _run(snap / layout.INDEX)[0] == 0
+    stripe = manifests[1].parent / layout.stripe_file(0, 1)
+    data = bytearray(stripe.read_bytes())
+    data[-1] ^= 0xFF
+    stripe.write_bytes(bytes(data))
+    rc, out, err = _run(snap)                       # one bad shard: the snapshot is invalid
+    assert rc == 1 and "shard-1" in err and "CRC32C" in err
+    manifests[1].unlink()                           # missing, but the index promised it
+    assert _run(snap)[0] == 1
+    (snap / layout.INDEX).write_text('{"format": "jitc-index/1"}')
+    rc, out, err = _run(snap)
+    assert rc == 1 and "INVALID" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_from_an_index_picks_the_stage_own_shard(tmp_path, write_snapshot, monkeypatch):
+    from jitc import resume
+    from jitc.errors import NoSnapshotError
+    snap, manifests = _sharded(tmp_path, write_snapshot)
+    for named in (snap, snap / layout.INDEX, manifests[0]):
+        monkeypatch.setenv("JITC_RESUME", str(named))
+        path, loaded = resume.choose(True, stage=1, num_stages=2)
+        assert path == manifests[1] and loaded.step == 5, named
+    monkeypatch.setenv("JITC_DIR", str(tmp_path))
+    monkeypatch.setenv("JITC_RESUME", str(snap / layout.INDEX))
+    with pytest.raises(NoSnapshotError, match="no entry for shard 2"):
+        resume.choose(True, stage=2, num_stages=3)
 
 
 def test_inspect_valid_invalid_missing(tmp_path, write_snapshot):
