@@ -93,6 +93,13 @@ def jit_dir(root: str | os.PathLike, attempt: int, step: int) -> Path:
     return Path(root) / f"snap-a{attempt}-s{step}-{n}"
 
 
+def local_dir(root: str | os.PathLike, attempt: int, step: int, rank: int) -> Path:
+    """The snapshot a shim-only rank writes on its own (a hang, a SIGTERM: stripe 0 of 1).
+    WARNING: the shim spells this itself (csrc/agent.cpp write_local: it may run with no
+    Python to ask); tests/shim/test_sigterm_shim_only.py holds the two together."""
+    return Path(root) / f"snap-a{attempt}-s{step}-{rank}"
+
+
 def shard_dir(snap_dir: str | os.PathLike, shard: int, num_shards: int) -> Path:
     """Where shard ``shard`` of a snapshot lives: the snapshot itself when it is the only one."""
     return Path(snap_dir) if num_shards <= 1 else Path(snap_dir) / f"shard-{shard}"

@@ -33,9 +33,11 @@ def _term(body: str, root: Path, extra_env=None, after: float = 0.0):
     return child.returncode, time.monotonic() - t0, out, err
 
 
-def _done(root: Path, name: str) -> dict:
-    # layout's name: the shim's one spelling of its own (kLocalStem, csrc/agent.cpp) must agree.
-    return json.loads((root / name / layout.done_file(0, 1)).read_text())
+def _done(root: Path, step: int) -> dict:
+    # Rank 0 of attempt 0, by layout's names: the shim's one spelling of its own (write_local,
+    # kLocalStem in csrc/agent.cpp) must agree with them.
+    d = layout.local_dir(root, 0, step, 0)
+    return json.loads((d / layout.done_file(0, 1)).read_text())
 
 
 def test_torchruns_stop_grace_leaves_room_for_the_hold() -> None:
@@ -52,7 +54,7 @@ def test_sigterm_outside_the_window_writes_the_snapshot_at_once(tmp_path: Path) 
     rc, took, out, err = _term("lib.jitc_step_begin(3)\n" + READY + "time.sleep(30)\n", root)
     assert rc == limits_exit_code(), err
     assert took < 3.0, took
-    assert _done(root, "snap-a0-s3-0")["step"] == 3
+    assert _done(root, 3)["step"] == 3
     assert "jitc: rank 0 (SIGTERM from the launcher): snapshot of step 3 written to " \
         f"{root}/snap-a0-s3-0 in " in err, err
     assert "jitc:" not in out
@@ -67,7 +69,7 @@ def test_sigterm_in_the_window_writes_the_next_step_once_it_closes(tmp_path: Pat
     rc, took, out, err = _term(body, tmp_path / "snaps")
     assert rc == limits_exit_code(), err
     assert 0.5 < took < 4.0, took
-    assert _done(tmp_path / "snaps", "snap-a0-s4-0")["step"] == 4
+    assert _done(tmp_path / "snaps", 4)["step"] == 4
     assert "snapshot of step 4 written" in err, err
 
 

@@ -34,6 +34,7 @@ def test_names_round_trip(tmp_path: Path) -> None:
     for bad in ("snap-p-s4-stages", "snap-a0-s4-0", "snap-p0-s4-shard", "snap-p0-s04-shard1"):
         assert layout.parse_periodic(bad) is None, bad
     assert layout.assembled_dir(tmp_path, 8) == tmp_path / "snap-p-s8-stages"
+    assert layout.local_dir(tmp_path, 1, 7, 3) == tmp_path / "snap-a1-s7-3"
 
     assert layout.shard_dir(tmp_path, 0, 1) == tmp_path
     assert layout.shard_dir(tmp_path, 2, 4) == tmp_path / "shard-2"
