@@ -117,7 +117,7 @@ TS = _num()
 
 # type -> {field: (check, required)}. Optional fields may be null (the shim writes a
 # non-finite float as null). The rank's fields are those csrc/ writes (api.cpp, agent.cpp,
-# state.cpp, signals.cpp); the supervisor's those of jitc/supervisor/recovery.py.
+# state.cpp, signals.cpp); the supervisor's those of jitc/supervisor/planner/.
 SCHEMAS: dict[Msg, dict[str, tuple[Check, bool]]] = {
     Msg.HELLO: {"rank": (RANK, True), "pid": (_int(1, (1 << 31) - 1), True),
                 "world_size": (COUNT, False), "local_rank": (RANK, False),

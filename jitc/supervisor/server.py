@@ -55,6 +55,7 @@ class RankInfo:
     shard: int = 0
     num_shards: int = 1
     world_size: int | None = None
+    node: int | None = None            # the machine it runs on (None: this supervisor's)
     step: int | None = None            # step now running (PROGRESS)
     completed: int | None = None       # steps finished
     phase: int = 0

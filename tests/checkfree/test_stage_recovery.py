@@ -12,10 +12,12 @@ from jitc.checkfree.rebuild import copy_neighbour, merge_neighbours
 from jitc.checkfree.schedule import EdgeLayout
 from jitc.checkfree.writer import write_snapshot
 from jitc.errors import RecoveryError
-from jitc.snapshot import load
+from jitc.snapshot import layout, load
 from jitc.snapshot.inspect import inspect_main
 from jitc.snapshot.meta import encode
-from jitc.supervisor.stages import latest_complete_stages, plan_stages, rebuild_stage
+from jitc.checkfree.layout import any_checkfree_plus
+from jitc.supervisor.planner.methods import plan_stages
+from jitc.supervisor.stages import latest_complete_stages, rebuild_stage
 
 CFG = L.Config(dim=16, hidden=32, seq=8)
 
@@ -33,22 +35,22 @@ def layout_of(stage: int, num: int = 4, plus: bool = False) -> StageLayout:
 
 def test_plan_merges_a_lost_intermediate_stage_at_the_survivors_common_step(tmp_path):
     by_shard = {0: {5: [0]}, 1: {5: [1]}, 2: {}, 3: {5: [3]}}
-    plan = plan_stages(by_shard, {0: 1, 1: 1, 2: 1, 3: 1}, tmp_path)
+    plan = plan_stages(by_shard, {0: 1, 1: 1, 2: 1, 3: 1}, any_checkfree_plus(tmp_path))
     assert plan.reason is None and plan.step == 5
     assert [(a.stage, a.action, a.sources) for a in plan.rebuilt] == [(2, Action.CHECKFREE_MERGE, (1, 3))]
 
 
 def test_plan_refuses_survivors_at_different_steps(tmp_path):
-    plan = plan_stages({0: {5: [0]}, 1: {6: [1]}, 2: {}, 3: {5: [3]}}, {}, tmp_path)
+    plan = plan_stages({0: {5: [0]}, 1: {6: [1]}, 2: {}, 3: {5: [3]}}, {}, any_checkfree_plus(tmp_path))
     assert plan.step is None and "different steps" in plan.reason and "stage 1 at [6]" in plan.reason
 
 
 def test_plan_lost_edge_stage_needs_checkfree_plus(tmp_path):
     by_shard = {0: {}, 1: {3: [1]}, 2: {3: [2]}, 3: {3: [3]}}
-    plan = plan_stages(by_shard, {}, tmp_path)
+    plan = plan_stages(by_shard, {}, any_checkfree_plus(tmp_path))
     assert "did not use the CheckFree+ schedule" in plan.reason
     write_layout(tmp_path, layout_of(1, plus=True))
-    plan = plan_stages(by_shard, {}, tmp_path)
+    plan = plan_stages(by_shard, {}, any_checkfree_plus(tmp_path))
     assert plan.reason is None
     assert [(a.stage, a.action) for a in plan.rebuilt] == [(0, Action.CHECKFREE_PLUS_COPY)]
 
@@ -159,8 +161,10 @@ def test_periodic_snapshots_of_every_stage_are_assembled_for_resume(tmp_path):
     for s in range(2):
         write_snapshot(tmp_path / f"snap-p0-s4-shard{s}", 4, stage_state(s, 2), encode({}))
     write_snapshot(tmp_path / "snap-p0-s6-shard0", 6, stage_state(0, 2), encode({}))   # stage 1 missing
-    manifest = latest_complete_stages(tmp_path, 2)
-    assert manifest is not None and manifest.parent.name == "shard-0"
-    assert load(manifest).step == 4
-    assert load(manifest.parent.parent / "shard-1" / "manifest.json").step == 4
+    index = latest_complete_stages(tmp_path, 2)     # the index of the assembled set
+    assert index is not None and index.name == layout.INDEX
+    shards = layout.read_index(index)
+    assert sorted(shards) == [0, 1] and all(load(m).step == 4 for m in shards.values())
+    assert layout.resume_manifest(index, 1, 2) == shards[1]
+    assert latest_complete_stages(tmp_path, 2) == index      # found again, not rewritten
     assert latest_complete_stages(tmp_path, 3) is None

@@ -83,27 +83,23 @@ def test_floor_70_backstop_fires_after_the_rank(clean_env, tmp_path):
 
 
 def test_supervisor_backstop_waits_for_the_rank_watchdog(clean_env, tmp_path):
-    """The loop's own check, driven with a clock: silent for 65 s with JITC_HANG_FLOOR=70
+    """The planner's own check, driven with a clock: silent for 65 s with JITC_HANG_FLOOR=70
     is not yet a hang (the rank's watchdog has 70 s); past the backstop it is."""
-    from jitc.supervisor.events import EventLog
-    from jitc.supervisor.loop import Supervisor
-    from jitc.supervisor.server import RankInfo
+    from jitc.supervisor.planner import Planner
+    from jitc.supervisor.planner import reports as R
     from jitc.supervisor.state import State
 
     clean_env.setenv(env.HANG_FLOOR, "70")
-    sup = Supervisor(opts(tmp_path))
-    (tmp_path / "r").mkdir()
-    sup.events = EventLog(tmp_path / "r" / "events.jsonl", open(os.devnull, "w"))
-    sup.state = State.RUNNING
-    info = RankInfo(0, pid=1, shard=0, num_shards=1, world_size=1, last_change=0.0)
-    info.step, info.completed, info.phase = 5, 5, 1
-    info.step_times.extend([0.05] * 20)
-    sup.ranks = {0: info}
-    sup._check_hang(65.0)
-    assert sup.failures == [] and sup.state is State.RUNNING
-    sup._check_hang(70.0 + limits.HANG_BACKSTOP_MARGIN_S + 0.1)
-    assert [f.rank for f in sup.failures] == [0]
-    sup.events.close()
+    p = Planner(opts(tmp_path))
+    p.begin()
+    p.feed(R.JobStarted(1), 0.0)
+    p.feed(R.Hello(0, pid=1, world_size=1), 0.0)
+    for _ in range(20):    # step times only: the rank never said its own deadline
+        p.feed(R.Progress(0, step=5, completed=5, phase=1, step_time=0.05), 0.0)
+    p.tick(65.0)
+    assert p.failures == [] and p.state is State.RUNNING
+    p.tick(70.0 + limits.HANG_BACKSTOP_MARGIN_S + 0.1)
+    assert [f.rank for f in p.failures] == [0] and p.failures[0].kind == "hang"
 
 
 # -- what the supervisor tells the shim, and what the shim obeys --------------------------------
