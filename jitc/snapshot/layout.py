@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import private
-from ..errors import CorruptSnapshotError
+from ..errors import CorruptSnapshotError, ProtocolError
 from .digest import DIGEST, digest_of
 
 MANIFEST = "manifest.json"
@@ -168,8 +168,7 @@ def read_index(path: str | os.PathLike) -> dict[int, Path]:
     """Shard -> manifest path of the index at ``path``, every entry checked (strict JSON,
     exact keys, the digest, each entry a distinct manifest strictly inside the index's
     directory, symlinks resolved). CorruptSnapshotError, one line, for anything else."""
-    from ..errors import ProtocolError
-    from ..protocol import loads
+    from ..protocol import loads     # not at the top: protocol imports this module
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
