@@ -29,8 +29,11 @@ def run_job(job: Any, root: Path) -> Any:
     """Do one job under the snapshot root ``root``; its result (see each branch)."""
     from ..snapshot import layout
     if isinstance(job, C.Survey):
-        from ..checkfree.layout import any_checkfree_plus
+        from ..checkfree.layout import STAGES_DIR, any_checkfree_plus
         return {"checkfree_plus": any_checkfree_plus(root),
+                # Stage layout records: the shards are pipeline stages (CheckFree may
+                # rebuild one); without them they are FSDP shards, never rebuilt.
+                "pipeline": any((root / STAGES_DIR).glob("stage-*.json")),
                 "periodic": root.is_dir() and bool(layout.snapshot_dirs(root))}
     if isinstance(job, C.Prepare):
         if not root.is_dir():    # a vanished run dir is not created again

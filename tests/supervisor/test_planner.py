@@ -43,9 +43,8 @@ class Job:
         self.log: list = []
         assert self.p.begin() == [C.StartJob(0, None)]
         self.feed(R.JobStarted(pid=100))
-        per = world // shards
-        for r in range(world):
-            self.feed(R.Hello(r, pid=1000 + r, shard=r // per, num_shards=shards,
+        for r in range(world):      # shard = rank % shards, as protect() lays them out
+            self.feed(R.Hello(r, pid=1000 + r, shard=r % shards, num_shards=shards,
                               world_size=world, node=r % 2))
         for r in range(world):
             self.feed(R.Progress(r, step=5, completed=4, phase="backward", step_time=0.1,
@@ -90,9 +89,8 @@ class Job:
         out = list(cmds)
         for s in of(cmds, C.Send):
             if s.type is Msg.QUERY and s.rank not in skip:
-                per = self.world // self.shards
                 out += self.feed(R.StateAnswer(s.rank, {"completed": completed, "usable": usable,
-                                                        "nbytes": 64, "shard": s.rank // per}))
+                                                        "nbytes": 64, "shard": s.rank % self.shards}))
         return out
 
     def write_all(self, cmds, ok=True):
@@ -116,7 +114,7 @@ def _prepare(job):
 
 
 DEFAULTS = {
-    "Survey": {"checkfree_plus": False, "periodic": True},
+    "Survey": {"checkfree_plus": False, "periodic": True, "pipeline": True},
     "Prepare": _prepare,
     "Publish": lambda j: {"manifests": {s: d / "manifest.json" for s, d in j.dirs.items()}},
     "Rebuild": lambda j: {"manifest": j.base / f"shard-{j.action.stage}" / "manifest.json",
@@ -403,3 +401,29 @@ def test_ranks_that_registered_nothing_restart_from_scratch(tmp_path):
         cmds += job.feed(R.StateAnswer(s.rank, {"completed": 5, "usable": False, "nbytes": 0}))
     cmds = job.stop(job.answer(cmds))
     assert of(cmds, C.StartJob) == [C.StartJob(1, None)] and not events(cmds, "gave_up")
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_fsdp_shard_that_lost_every_copy_is_never_rebuilt_from_neighbours(tmp_path, periodic):
+    # Four shards without stage layout records (FSDP): shard 2 lost its only copy.
+    job = Job(tmp_path, world=4, shards=4)
+    cmds = job.answer(job.states(job.fail(2)),
+                      Survey={"checkfree_plus": False, "periodic": periodic, "pipeline": False})
+    assert not [w for w in of(cmds, C.Work) if isinstance(w.job, (C.Prepare, C.Rebuild))]
+    if periodic:
+        [w] = of(cmds, C.Work)
+        assert w.job == C.FindFallback(4)
+        cmds = job.answer(cmds)
+    reason = events(job.stop(cmds), "gave_up")[0].fields["reason"]
+    assert "shard 2 lost every copy" in reason
+    if not periodic:
+        assert reason.startswith("cannot recover without a periodic checkpoint")
+
+
+def test_hsdp_shard_with_a_surviving_copy_is_written_by_it(tmp_path):
+    # Mesh (2 replicas, 2 shards): ranks 0,1 hold shards 0,1 and ranks 2,3 their copies.
+    job = Job(tmp_path, world=4, shards=2)
+    cmds = job.answer(job.states(job.fail(1)),
+                      Survey={"checkfree_plus": False, "periodic": False, "pipeline": False})
+    [prep] = [w.job for w in of(cmds, C.Work) if isinstance(w.job, C.Prepare)]
+    assert prep.nstripes == {0: 2, 1: 1}

@@ -67,8 +67,9 @@ class Finish:
 # -- slow work: one dataclass per job, run by work.py ------------------------------------
 @dataclass(frozen=True)
 class Survey:
-    """What the disk says before planning: whether the run uses CheckFree+ and whether
-    any earlier snapshot exists (the periodic net)."""
+    """What the disk says before planning: whether the shards are pipeline stages (their
+    layout records), whether the run uses CheckFree+, whether any earlier snapshot exists
+    (the periodic net)."""
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,12 @@ class StagePlan:
 
 
 def plan_stages(by_shard: dict[int, dict[int, list[int]]], replicas: dict[int, int],
-                checkfree_plus: bool, have_periodic: bool = True) -> StagePlan:
+                checkfree_plus: bool, have_periodic: bool = True,
+                pipeline: bool = True) -> StagePlan:
     """Choose the step and each stage's method from the usable replicas per stage and
-    step (``by_shard[s][step]`` = ranks). Pure: what the disk says comes as arguments."""
+    step (``by_shard[s][step]`` = ranks). Pure: what the disk says comes as arguments.
+    ``pipeline`` False: the shards are FSDP shards (parts of the same layers), which no
+    neighbour can stand in for: one that lost every copy goes to the periodic net."""
     surviving = {s: steps for s, steps in by_shard.items() if steps}
     if not surviving:
         return StagePlan(None, reason="no usable replica of any stage")
@@ -78,6 +81,14 @@ def plan_stages(by_shard: dict[int, dict[int, list[int]]], replicas: dict[int, i
     step = max(common)
     statuses = [StageStatus(s, max(replicas.get(s, 1), 1), len(by_shard[s].get(step, [])))
                 for s in sorted(by_shard)]
+    lost = [s.stage for s in statuses if s.lost_all]
+    if lost and not pipeline:
+        why = (f"shard {lost[0]} lost every copy" if len(lost) == 1
+               else f"shards {lost} lost every copy")
+        return StagePlan(step, reason=(f"{why}; restoring the whole job from the periodic "
+                                       "checkpoint" if have_periodic else
+                                       f"cannot recover without a periodic checkpoint: {why}"),
+                         periodic=have_periodic)
     actions = tuple(plan_recovery(statuses, checkfree_plus, have_periodic=have_periodic))
     bad = [a for a in actions if a.action in JOB_WIDE]
     if bad:

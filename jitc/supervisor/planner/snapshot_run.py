@@ -228,7 +228,8 @@ class SnapshotRun:
             replicas[self._shard_of(r)] = replicas.get(self._shard_of(r), 0) + 1
         survey = self._survey or {}
         self._plan = plan = plan_stages(by_shard, replicas, bool(survey.get("checkfree_plus")),
-                                        have_periodic=bool(survey.get("periodic", True)))
+                                        have_periodic=bool(survey.get("periodic", True)),
+                                        pipeline=bool(survey.get("pipeline", True)))
         if plan.reason is not None:
             no_survivor = not any(by_shard.values())
             reason = self._no_replica() if no_survivor else plan.reason
