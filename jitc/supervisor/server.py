@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import protocol
+from ..limits import HANG_WINDOW      # step times kept per rank: what the hang rule reads
 from ..errors import ProtocolError
 from ..protocol import Message, Msg
 
 PHASES = protocol.PHASES
-STEP_TIME_WINDOW = 256        # step times kept per rank for the derived hang timeout
 
 
 def phase_index(value: Any) -> int:
@@ -60,7 +60,7 @@ class RankInfo:
     completed: int | None = None       # steps finished
     phase: int = 0
     last_change: float = 0.0           # when step/completed/phase last changed (loop clock)
-    step_times: deque = field(default_factory=lambda: deque(maxlen=STEP_TIME_WINDOW))
+    step_times: deque = field(default_factory=lambda: deque(maxlen=HANG_WINDOW))
     connected: bool = True
     goodbye: bool = False
     failed: bool = False               # a failure was recorded for this rank
