@@ -308,7 +308,7 @@ class Planner:
         self.recovery = SnapshotRun(
             attempt=self.attempt, ranks=self.ranks, excluded=excluded, protected=self.protected,
             limits=Limits(self.opts.query_timeout_s, self.opts.snapshot_wait_s),
-            why_excluded=why, context=self._launcher())
+            why_excluded=why, context=self._launcher)
         self._goto(State.RECOVERING)
         self._run(self.recovery.start(now), now)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ...causes import Cause, parse
 from ...protocol import Msg
@@ -82,10 +82,11 @@ class Limits:
 class SnapshotRun:
     def __init__(self, *, attempt: int, ranks: dict[int, RankInfo], excluded: set[int],
                  protected: bool, limits: Limits, why_excluded: dict[int, str] | None = None,
-                 context: str | None = None):
+                 context: Callable[[], str | None] = lambda: None):
         """``why_excluded``: rank -> why it is not a writer (its failure's kind);
-        ``context``: what else the job's end says (the launcher's exit), for the reason
-        given when no replica is left."""
+        ``context``: what else the job's end says (the launcher's exit), asked when the
+        reason is given that no replica is left (the launcher may be reaped after its ranks'
+        channels closed)."""
         self.attempt = attempt
         self.ranks = ranks
         self.excluded = excluded
@@ -279,8 +280,9 @@ class SnapshotRun:
             elif not answer.get("usable"):
                 why.append(f"rank {r}: state not usable (nothing registered, or its "
                            "optimizer window stuck open)")
-        if self.context:
-            why.append(self.context)
+        context = self.context()
+        if context:
+            why.append(context)
         return "no usable replica" + (f" ({'; '.join(why)})" if why else "")
 
     def _request(self, shard: _Shard, rank: int, stripe: int, reassigned_from: int | None,
