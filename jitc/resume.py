@@ -12,6 +12,11 @@ stage, ``<snap>/shard-<s>/``; which one a rank of stage s loads is the layout's 
 (meta ``rebuilt``) has model tensors only: it resumes with a fresh optimizer state (the
 hyper-parameters and the scheduler follow its neighbour's) and its learning rate scaled by
 the recorded factor (checkfree/lr.py).
+
+FSDP2/HSDP: the shards are laid out like stages (``shard-<s>/``, jitc/sharding.py), every
+rank loads its own shard's local tensors; the snapshot's ``sharding`` record must be of
+this rank's mesh and shard, with the same local shapes. Optimizer state created here is a
+DTensor on the parameter's mesh, placed as the record says.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import env
+from . import env, sharding
 from . import state as st
 from .errors import CorruptSnapshotError, NoSnapshotError
 from .snapshot import layout
@@ -67,15 +72,21 @@ def restore(session) -> tuple[int, Path | None]:
         _say_where(path, snap, rejected, session.attempt)
     if path is None:
         return 0, None
-    _check_same_model(session, snap, path)
     meta = snap.state          # decoded by the loader (snapshot/meta.py: never a pickle)
-    _check_same_stage(session, meta, path)
+    # This rank's sharding record (FSDP2/HSDP), None for a model without DTensors.
+    live_sharding = getattr(session, "_sharding_record", None)
+    saved_sharding = meta.get("sharding")
+    sharding.check(saved_sharding, live_sharding, path)
+    _check_same_model(session, snap, path)
+    if live_sharding is None:      # several shards without a sharding record: stages
+        _check_same_stage(session, meta, path)
     rebuilt = meta.get("rebuilt")
     with torch.no_grad():
         for item in st.model_tensors(session.model):
-            item.tensor.copy_(snap.tensors[item.name])
+            item.local.copy_(snap.tensors[item.name])
         # A rebuilt stage's snapshot holds no optimizer tensors: the state stays fresh.
-        _restore_optimizer(session.optimizer, {} if rebuilt else snap.tensors, meta.get("optim"))
+        _restore_optimizer(session.optimizer, {} if rebuilt else snap.tensors, meta.get("optim"),
+                           (saved_sharding or {}).get("tensors") or {}, path)
     if session.scheduler is not None and meta.get("scheduler") is not None:
         session.scheduler.load_state_dict(meta["scheduler"])
     for name, obj in session.extra_state.items():
@@ -119,7 +130,7 @@ def _check_same_stage(session, meta: dict, path: Path) -> None:
 
 
 def _check_same_model(session, snap, path: Path) -> None:
-    expected = {i.name: i.tensor for i in st.model_tensors(session.model)}
+    expected = {i.name: i.local for i in st.model_tensors(session.model)}
     have = {k for k in snap.tensors if k.startswith("model.")}
     missing, unexpected = sorted(set(expected) - have), sorted(have - set(expected))
     if missing or unexpected:
@@ -133,7 +144,9 @@ def _check_same_model(session, snap, path: Path) -> None:
                 f"{list(saved.shape)}, model has {tensor.dtype}{list(tensor.shape)})")
 
 
-def _restore_optimizer(optimizer, tensors: dict, scalars: dict | None) -> None:
+def _restore_optimizer(optimizer, tensors: dict, scalars: dict | None, placed: dict,
+                       path: Path) -> None:
+    """``placed``: the sharding record's entries (name -> placement) of DTensor state."""
     params = st.optimizer_params(optimizer)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     for name, saved in tensors.items():
@@ -143,7 +156,10 @@ def _restore_optimizer(optimizer, tensors: dict, scalars: dict | None) -> None:
         param = params[int(index)]
         state = optimizer.state[param]
         if key in state and isinstance(state[key], torch.Tensor):
-            state[key].copy_(saved)
+            sharding.local(state[key]).copy_(saved)
+            continue
+        if name in placed:
+            state[key] = sharding.from_saved(saved, param, placed[name], f"{path}: {name}")
             continue
         group = group_of[id(param)]
         # torch keeps Adam's "step" on the CPU unless the optimizer is capturable or fused.

@@ -8,6 +8,7 @@ beyond ``protect`` and ``steps``/``batches``.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -15,7 +16,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from . import carried, env, excepthook, private, rank_state, rng, warmset
+from . import carried, env, excepthook, private, rank_state, rng, sharding, warmset
 from . import faults as faults_mod
 from . import limits
 from . import state as st
@@ -63,6 +64,17 @@ class Session:
         self.num_stages = 1 if num_stages is None else int(num_stages)
         if not 0 <= self.stage < self.num_stages:
             raise JitcError(f"stage {self.stage} is outside 0..{self.num_stages - 1}")
+        self.pipeline = self.num_stages > 1
+        # FSDP2/HSDP: the shards are what the supervisor recovers, each striped over its
+        # copies; stage/num_stages carry them (the shim's HELLO shard/num_shards), but no
+        # stage layout records are written: a lost shard is never rebuilt by CheckFree.
+        self.sharding = sharding.detect(st.unwrap(model), self.rank, self.world_size)
+        self._sharding_record: dict | None = None
+        if self.sharding is not None:
+            if self.pipeline:
+                raise JitcError("protect(stage=, num_stages=) with a sharded (fully_shard) "
+                                "model: pipeline + FSDP is not supported yet")
+            self.stage, self.num_stages = self.sharding.shard, self.sharding.num_shards
         self.checkfree_plus = bool(checkfree_plus)
         self._recorded: dict[str, Any] = {}
         self._carried: dict[str, carried.Getter] = {}   # see carry()
@@ -92,8 +104,9 @@ class Session:
         self._periodic_thread: threading.Thread | None = None
         self._in_backward = False
         self._register()
-        if self.num_stages > 1:
+        if self.pipeline:
             self._write_stage_layout()
+        self._say_unreplicated()
         self.start_step, self.resumed_from = restore(self)
         if self.resumed_from is not None:
             self._register()
@@ -114,7 +127,7 @@ class Session:
         lib, ffi = self._lib, self._ffi
         check(lib.jitc_registry_begin(), "jitc_registry_begin")
         for item in items:
-            t = item.tensor.detach()
+            t = item.local   # a DTensor's local shard: the storage its optimizer updates
             shape = ffi.new("int64_t[]", list(t.shape) or [0])
             device = t.device.index if t.device.type == "cuda" else -1
             check(lib.jitc_registry_add(item.name.encode(), ffi.cast("void *", t.data_ptr()),
@@ -122,6 +135,8 @@ class Session:
                                         shape, t.dim(), device), f"register {item.name}")
         check(lib.jitc_registry_commit(), "jitc_registry_commit")
         self._registered = items   # keeps every registered tensor alive
+        if self.sharding is not None:
+            self._sharding_record = sharding.record(self.sharding, items)
         self._opt_state_size = st.optimizer_state_size(self.optimizer)
         self._has_scalar_state = bool(st.optimizer_scalars(self.optimizer)["per_param"])
 
@@ -135,6 +150,16 @@ class Session:
                         for i in st.model_tensors(self.model))
         write_layout(root, StageLayout(self.stage, self.num_stages, self.checkfree_plus, tensors))
 
+    def _say_unreplicated(self) -> None:
+        layout_ = self.sharding
+        if layout_ is None or layout_.replicas > 1 or self.local_rank != 0:
+            return
+        net = (f"the periodic snapshot every {self.periodic_every} steps" if self.periodic_every
+               else "nothing (periodic_every is not set)")
+        print(f"jitc: mesh {list(layout_.mesh_shape)} shards the model with no copies: a "
+              f"failed rank takes its shard's only copy, so only {net} protects this run",
+              file=sys.stderr, flush=True)
+
     def _meta(self, completed: int) -> bytes:
         optim = st.optimizer_scalars(self.optimizer) if self._has_scalar_state else {
             "param_groups": [{k: v for k, v in g.items() if k != "params"}
@@ -144,7 +169,9 @@ class Session:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
         }
-        if self.num_stages > 1:
+        if self._sharding_record is not None:
+            meta["sharding"] = self._sharding_record
+        if self.pipeline:
             meta["pipeline"] = {"stage": self.stage, "num_stages": self.num_stages,
                                 "checkfree_plus": self.checkfree_plus}
         if self._recorded:
@@ -350,12 +377,14 @@ class Session:
 
     # -- snapshots written by this rank itself -------------------------------------------
     def _write(self, directory: Path, nstripes: int, stripe: int) -> int:
-        from .snapshot import publish
         stripes = self._ffi.new("int[]", [stripe])
         stems, _keep = c_strings([layout.stripe_stem(stripe, nstripes)])
         step_out = self._ffi.new("int64_t *")
         check(self._lib.jitc_snapshot_write(str(directory).encode(), nstripes, stripes, stems,
                                             1, PERIODIC_TIMEOUT_S, step_out), "snapshot")
+        # Imported after the write: a first import (jitc.snapshot loads its modules on first
+        # use) holds the GIL long enough for the training loop to run past the step.
+        from .snapshot import publish
         try:
             publish(directory)   # whichever replica writes the last stripe publishes
         except CorruptSnapshotError:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import sharding
+
 DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
@@ -21,7 +23,12 @@ META_NAME = "__jitc_meta__"
 @dataclass(frozen=True)
 class StateTensor:
     name: str
-    tensor: torch.Tensor
+    tensor: torch.Tensor    # as the user's object holds it: a DTensor for sharded state
+
+    @property
+    def local(self) -> torch.Tensor:
+        """What this rank holds and registers: a DTensor's local shard, else the tensor."""
+        return sharding.local(self.tensor)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,7 +77,7 @@ def optimizer_state_size(optimizer: torch.optim.Optimizer) -> int:
 def check_registrable(items: list[StateTensor]) -> None:
     from .errors import JitcError
     for item in items:
-        t = item.tensor
+        t = item.local
         if t.dtype not in DTYPES:
             raise JitcError(f"cannot protect {item.name}: dtype {t.dtype} is not supported")
         if not t.is_contiguous():
