@@ -19,6 +19,7 @@
 #include "agent.h"
 #include "channel.h"
 #include "config.h"
+#include "confine.h"
 #include "core.h"
 #include "jitc.h"
 #include "json.h"
@@ -464,6 +465,43 @@ JITC_API int jitc_snapshot_write(const char* dir, int nstripes, const int* strip
   if (results.size() != list.size()) return fail(JITC_E_IO, "jitc_snapshot_write: stripes missing");
   for (const auto& r : results)
     if (!r.ok) return fail(JITC_E_IO, "jitc_snapshot_write: stripe %d: %s", r.stripe, r.error.c_str());
+  return JITC_OK;
+}
+
+JITC_API int jitc_write_tensors(const char* root, const char* dir, const char* stem,
+                                int64_t step, const jitc_tensor* tensors, int n,
+                                const void* meta, size_t meta_len, double timeout_s) {
+  if (root == nullptr || dir == nullptr || stem == nullptr || !jitc::snapshot::plain_name(stem) ||
+      n < 0 || (n > 0 && tensors == nullptr) || (meta == nullptr && meta_len > 0) || step < 0 ||
+      !(timeout_s > 0))
+    return fail(JITC_E_INVALID, "jitc_write_tensors: bad argument");
+  try {
+    std::vector<jitc::snapshot::Entry> entries(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      const jitc_tensor& t = tensors[i];
+      if (t.name == nullptr || t.dtype == nullptr || t.ndim < 0 ||
+          (t.ndim > 0 && t.shape == nullptr))
+        return fail(JITC_E_INVALID, "jitc_write_tensors: bad tensor %d", i);
+      jitc::snapshot::Entry& e = entries[static_cast<size_t>(i)];
+      e.name = t.name;
+      e.dtype = t.dtype;
+      e.shape.assign(t.shape, t.shape + t.ndim);
+      e.ptr = t.data;
+      e.nbytes = t.nbytes;
+    }
+    std::string target, why;
+    // Checked before the directory is made: a refused call leaves nothing behind.
+    if (!jitc::snapshot::check_tensors(entries, &why))
+      return fail(JITC_E_INVALID, "jitc_write_tensors: %s", why.c_str());
+    if (!jitc::confine::dir_below(root, dir, &target, &why))
+      return fail(JITC_E_INVALID, "jitc_write_tensors: %s", why.c_str());
+    std::string blob(static_cast<const char*>(meta), meta_len);
+    if (!jitc::snapshot::write_tensors(target, stem, std::move(entries), std::move(blob), step,
+                                       timeout_s, &why))
+      return fail(JITC_E_IO, "jitc_write_tensors: %s", why.c_str());
+  } catch (const std::bad_alloc&) {
+    return fail(JITC_E_NOMEM, "jitc_write_tensors: out of memory");
+  }
   return JITC_OK;
 }
 

@@ -12,6 +12,8 @@
 #include <mutex>
 #include <vector>
 
+#include "snapshot/internal.h"
+
 namespace jitc::confine {
 namespace {
 
@@ -56,25 +58,31 @@ std::string shown(const std::string& path) {
   return path.size() <= kMax ? path : path.substr(0, kMax) + "...";
 }
 
+// "<what> <path>: EACCES (Permission denied)": the spelling of every snapshot OS error.
 std::string errno_text(const char* what, const std::string& path) {
-  return std::string(what) + " " + shown(path) + ": " + std::strerror(errno);
+  const int err = errno;
+  return snapshot::os_error(what, shown(path), err);
+}
+
+// `root` made absolute (against the current directory) and normalised; empty if that
+// cannot be done, which refuses every directory.
+std::string normalised(const std::string& root) {
+  std::string abs = root;
+  if (!root.empty() && root[0] != '/') {
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof cwd) == nullptr) return std::string();
+    abs = std::string(cwd) + "/" + root;
+  }
+  std::vector<std::string> parts;
+  return (!abs.empty() && components(abs, &parts)) ? join(parts) : std::string();
 }
 
 }  // namespace
 
 void set_root(const std::string& root) {
-  std::string abs = root;
-  if (!root.empty() && root[0] != '/') {
-    char cwd[PATH_MAX];
-    if (getcwd(cwd, sizeof cwd) == nullptr) {
-      abs.clear();  // no way to tell where a relative root is: refuse every command
-    } else {
-      abs = std::string(cwd) + "/" + root;
-    }
-  }
-  std::vector<std::string> parts;
+  std::string n = normalised(root);
   std::lock_guard<std::mutex> lock(g_mu);
-  g_root = (!abs.empty() && components(abs, &parts)) ? join(parts) : std::string();
+  g_root = n;
 }
 
 bool snapshot_dir(const std::string& dir, std::string* out, std::string* why) {
@@ -85,6 +93,16 @@ bool snapshot_dir(const std::string& dir, std::string* out, std::string* why) {
   }
   if (root.empty()) {
     *why = "no snapshot root (JITC_DIR) was given at start: refusing to write " + shown(dir);
+    return false;
+  }
+  return dir_below(root, dir, out, why);
+}
+
+bool dir_below(const std::string& given_root, const std::string& dir, std::string* out,
+               std::string* why) {
+  const std::string root = normalised(given_root);
+  if (root.empty()) {
+    *why = "no usable snapshot root (" + shown(given_root) + "): refusing to write " + shown(dir);
     return false;
   }
   if (dir.empty() || dir[0] != '/' || dir.find('\0') != std::string::npos) {

@@ -22,4 +22,9 @@ void set_root(const std::string& root);
 // reason (nothing is created outside the root).
 bool snapshot_dir(const std::string& dir, std::string* out, std::string* why);
 
+// The same rule against a root named by the caller, for a process that has no JITC_DIR
+// (the supervisor writing a rebuilt stage through jitc_write_tensors).
+bool dir_below(const std::string& root, const std::string& dir, std::string* out,
+               std::string* why);
+
 }  // namespace jitc::confine

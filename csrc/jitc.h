@@ -116,6 +116,29 @@ JITC_API int jitc_snapshot_write(const char *dir, int nstripes, const int *strip
                                  const char *const *stems, int nlist, double timeout_s,
                                  int64_t *step_out);
 
+/* One tensor for jitc_write_tensors: C-contiguous host memory, nbytes = numel * dtype size. */
+typedef struct {
+  const char *name;
+  const char *dtype;      /* safetensors dtype string: "F32", "BF16", "I64", "U8", ... */
+  const int64_t *shape;
+  int ndim;
+  const void *data;
+  uint64_t nbytes;
+} jitc_tensor;
+
+/* Write the n given tensors (in this order) and the meta blob as a one-stripe snapshot of
+ * `step` into dir ("<dir>/<stem>.safetensors" and its ".done" record, the stem named by the
+ * caller as for jitc_snapshot_write; the caller publishes the manifest), by the engine that
+ * writes the ranks' stripes, on the calling thread. dir must be
+ * an absolute path strictly below root, by the rule SNAPSHOT commands obey below JITC_DIR:
+ * no "..", missing levels created 0700, no symlink below root. Needs no jitc_init and starts
+ * no thread: the supervisor writes a stage rebuilt by CheckFree with it. JITC_E_INVALID: a
+ * bad argument or tensor, or dir refused; JITC_E_IO: the write failed (errno name and path
+ * in jitc_last_error()). The tensors are read in place until it returns. */
+JITC_API int jitc_write_tensors(const char *root, const char *dir, const char *stem,
+                                int64_t step, const jitc_tensor *tensors, int n,
+                                const void *meta, size_t meta_len, double timeout_s);
+
 /* CRC32C (Castagnoli) of n bytes, continuing from crc (start with 0). Hardware-accelerated
  * where the CPU has it; the snapshot checksums use it, and Python verifies with it. */
 JITC_API uint32_t jitc_crc32c(uint32_t crc, const void *data, size_t n);

@@ -65,6 +65,15 @@ std::vector<StripeResult> write_stripes(const std::string& dir, int nstripes,
                                         const std::vector<std::string>& stems, int64_t step,
                                         double timeout_s);
 
+// The caller's host tensors (not the registry) and meta blob as stripe 0 of 1 of `step`
+// in the existing directory dir, "<dir>/<stem>.safetensors" and ".done" (a plain_name),
+// written by write_stripes' code on the calling thread; no thread is started.
+// check_tensors applies the registry's rules (and host memory).
+// WARNING: the tensors are read in place; keep them alive and unchanged until it returns.
+bool check_tensors(const std::vector<Entry>& entries, std::string* why);
+bool write_tensors(const std::string& dir, const std::string& stem, std::vector<Entry> entries,
+                   std::string meta, int64_t step, double timeout_s, std::string* why);
+
 // CRC32C (Castagnoli), incremental: crc = crc32c(crc, data, n), start with 0.
 uint32_t crc32c(uint32_t crc, const void* data, size_t n);
 

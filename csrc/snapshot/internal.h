@@ -1,6 +1,7 @@
 // Private helpers shared by the snapshot engine's sources (not part of engine.h).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,6 +32,18 @@ struct View {
   std::shared_ptr<const std::string> meta;   // never null (empty blob if never set)
 };
 View current_view();
+
+// registry.cpp: the registry's rules for one entry (false with the reason) and the
+// fingerprint of a list of entries, for every writer of the format.
+bool check_entry(const Entry& e, std::string* msg);
+std::string compute_fingerprint(const std::vector<Entry>& entries);
+
+// writer.cpp: write stripe j of k (`chunks` of view's generation) into the existing
+// directory dir on the calling thread, the engine's way: header and pieces to a temporary,
+// fsync, rename, the ".done" record likewise, fsync dir. Outcome in *res.
+void write_one(const std::string& dir, const std::string& stem, const View& view,
+               const std::vector<Chunk>& chunks, int j, int k, int64_t step,
+               std::chrono::steady_clock::time_point deadline, StripeResult* res);
 
 // "<what> <path>: ENOSPC (No space left on device)": an OS error as every snapshot error
 // text spells it (the supervisor reads the errno name and the path back out of it).

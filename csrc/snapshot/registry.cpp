@@ -28,6 +28,8 @@ std::unique_ptr<Generation> g_building;                  // between begin and co
 std::unordered_set<std::string> g_building_names;
 std::shared_ptr<const std::string> g_meta = std::make_shared<const std::string>();
 
+}  // namespace
+
 // 64-bit FNV-1a over (name, dtype, shape) of every entry, with separators so that
 // ("ab","c") and ("a","bc") differ.
 std::string compute_fingerprint(const std::vector<Entry>& entries) {
@@ -54,17 +56,9 @@ std::string compute_fingerprint(const std::vector<Entry>& entries) {
   return buf;
 }
 
-}  // namespace
-
-void registry_begin() {
-  std::lock_guard<std::mutex> lk(g_mu);
-  g_building = std::make_unique<Generation>();
-  g_building_names.clear();
-}
-
-bool registry_add(Entry e, std::string* why) {
-  auto fail = [&](const std::string& msg) {
-    if (why) *why = "registry_add(" + e.name + "): " + msg;
+bool check_entry(const Entry& e, std::string* msg) {
+  auto fail = [&](const std::string& m) {
+    *msg = m;
     return false;
   };
   if (e.name.empty()) return fail("empty name");
@@ -78,6 +72,22 @@ bool registry_add(Entry e, std::string* why) {
   if (numel(e.shape) * es != e.nbytes)
     return fail("nbytes " + std::to_string(e.nbytes) + " != numel * " + std::to_string(es));
   if (e.nbytes > 0 && e.ptr == nullptr) return fail("null pointer");
+  return true;
+}
+
+void registry_begin() {
+  std::lock_guard<std::mutex> lk(g_mu);
+  g_building = std::make_unique<Generation>();
+  g_building_names.clear();
+}
+
+bool registry_add(Entry e, std::string* why) {
+  auto fail = [&](const std::string& msg) {
+    if (why) *why = "registry_add(" + e.name + "): " + msg;
+    return false;
+  };
+  std::string msg;
+  if (!check_entry(e, &msg)) return fail(msg);
   std::lock_guard<std::mutex> lk(g_mu);
   if (!g_building) return fail("registry_begin was not called");
   if (!g_building_names.insert(e.name).second) return fail("duplicate name");

@@ -169,6 +169,8 @@ bool write_pieces(int fd, const StripeLayout& lay, Clock::time_point deadline, u
   return true;
 }
 
+}  // namespace
+
 void write_one(const std::string& dir, const std::string& stem, const View& view,
                const std::vector<Chunk>& chunks, int j, int k, int64_t step,
                Clock::time_point deadline, StripeResult* res) {
@@ -213,6 +215,8 @@ void write_one(const std::string& dir, const std::string& stem, const View& view
   if (!fsync_dir(dir, &res->error)) return;
   res->ok = true;
 }
+
+namespace {
 
 // Shared with the worker threads by shared_ptr: if the caller gives up waiting (timeout),
 // a straggling worker still has valid state to finish into.
