@@ -1,13 +1,15 @@
-"""Fixtures for the supervisor tests: run ``jitc supervise`` over fake ranks.
+"""Fixtures for the supervisor tests: run ``jitc supervise`` over real ranks.
 
-The fake ranks (fake_rank.py) and launcher (fake_launcher.py) speak the protocol in pure
-Python, so these tests exercise the supervisor alone; the preloaded library is whatever
-``jitc._lib.lib_path()`` finds (it stays inert in processes that never activate it).
+The ranks (real_rank.py) are small Python processes on the real libjitc.so, preloaded by
+the supervisor as for any job; the launcher (fake_launcher.py) is a torchrun stand-in that
+starts them. cuda_stubs builds the stub CUDA runtime and NCCL of tests/interpose, for ranks
+whose injected cuda-error and nccl-error faults fire in the shim's interposers.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,8 +19,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-FAKE_RANK = HERE / "fake_rank.py"
+REAL_RANK = HERE / "real_rank.py"
 FAKE_LAUNCHER = HERE / "fake_launcher.py"
+STUBS = REPO / "tests" / "interpose" / "stubs"
 
 
 @dataclass
@@ -50,7 +53,21 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def fake_job(nproc: int, *rank_args: str) -> list[str]:
-    return [sys.executable, str(FAKE_LAUNCHER), "--nproc", str(nproc), str(FAKE_RANK), *rank_args]
+    """The fake launcher starting ``nproc`` real ranks (real_rank.py ``rank_args``)."""
+    return [sys.executable, str(FAKE_LAUNCHER), "--nproc", str(nproc), str(REAL_RANK), *rank_args]
+
+
+@pytest.fixture(scope="session")
+def cuda_stubs(tmp_path_factory) -> Path:
+    """A directory with the stub libcudart.so.13 and libnccl.so.2 (real_rank.py --stubs)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not available")
+    out = tmp_path_factory.mktemp("stubs")
+    for src, soname in (("cudart", "libcudart.so.13"), ("nccl", "libnccl.so.2")):
+        subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-fPIC", "-shared",
+                        f"-Wl,-soname,{soname}", "-o", str(out / soname), str(STUBS / f"{src}.c")],
+                       check=True, capture_output=True, timeout=60)
+    return out
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """A stand-in for torchrun: start N ranks with RANK/LOCAL_RANK/WORLD_SIZE, and when one
 fails, SIGTERM the others (waiting a bounded time, then SIGKILL) and exit non-zero.
-FAKE_LAUNCHER_TERM_DELAY=S: a SIGTERM is answered only S seconds later (a slow launcher).
+FAKE_LAUNCHER_TERM_DELAY=S: a slow launcher, which begins to stop only S seconds after it
+was asked to (SIGTERM) or saw a rank fail; it never exits on its own within S seconds.
 
   fake_launcher.py --nproc N SCRIPT [ARGS...]
 """
@@ -27,8 +28,7 @@ def main():
         procs.append(subprocess.Popen([sys.executable, *cmd], env=env))
 
     def stop(signum=None, frame=None):
-        if signum is not None:
-            time.sleep(float(os.environ.get("FAKE_LAUNCHER_TERM_DELAY", "0")))
+        time.sleep(float(os.environ.get("FAKE_LAUNCHER_TERM_DELAY", "0")))
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

@@ -197,9 +197,9 @@ def test_protect_refuses_a_malformed_environment_in_one_line(tmp_path):
 
 # -- the hang rule end to end: real shim, real supervisor ------------------------------------
 def _straggler_run(supervise, floor: float, timeout: float):
-    return supervise("--max-restarts", "0",
+    return supervise("--max-restarts", "0", "--inject", "hang@rank=1,step=5",
                      job=[sys.executable, str(FAKE_LAUNCHER), "--nproc", "2", str(REAL_RANK),
-                          "--steps", "40", "--fault", "hang", "--rank", "1", "--at-step", "5"],
+                          "--steps", "40"],
                      env={env.HANG_FLOOR: repr(floor)}, timeout=timeout)
 
 

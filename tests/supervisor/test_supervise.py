@@ -1,4 +1,5 @@
-"""Integration: ``jitc supervise`` over fake ranks (real processes, real socket)."""
+"""Integration: ``jitc supervise`` over real ranks (real_rank.py on the real libjitc.so,
+started by a fake launcher: real processes, real socket)."""
 from __future__ import annotations
 
 import json
@@ -45,6 +46,10 @@ def test_crash_is_detected_fast_snapshotted_and_resumed(supervise):
     assert done["step"] == 5 and done["bytes"] > 0
     manifest = json.loads(open(done["snapshot"]).read())
     assert manifest["step"] == 5
+    from jitc.snapshot import load    # the real loader verifies what the shim wrote
+    snap = load(done["snapshot"])
+    assert snap.step == 5 and snap.state == {"completed": 5}
+    assert all((snap.tensors[f"w{i}"] == 5 + i).all() for i in range(4))
     stopped = run.named("job_stopped")[0]
     assert stopped["root_cause"] == [1] and stopped["kind"] == "crash"
     restart = run.named("restart")[0]
@@ -59,11 +64,14 @@ def test_crash_is_detected_fast_snapshotted_and_resumed(supervise):
     ("exception", "exception", None),
     ("segv", "signal", ("signal", "SIGSEGV")),
     ("cuda-error", "cuda-error", ("error", "cudaErrorIllegalAddress")),
-    ("nccl-error", "nccl-error", ("error", "ncclSystemError")),
+    ("nccl-error", "nccl-error", ("error", "ncclUnhandledCudaError")),   # as the shim's NCCL fails
 ])
-def test_failure_kinds_blame_the_failing_rank(supervise, kind, reported, field):
+def test_failure_kinds_blame_the_failing_rank(supervise, request, kind, reported, field):
+    # The CUDA and NCCL faults fire in the shim's interposers, over stub libraries.
+    stubs = (["--stubs", str(request.getfixturevalue("cuda_stubs"))]
+             if kind in ("cuda-error", "nccl-error") else [])
     run = supervise("--inject", f"{kind}@rank=2,step=3", "--max-restarts", "0",
-                    job=fake_job(3, "--steps", "6"))
+                    job=fake_job(3, "--steps", "6", *stubs))
     assert run.rc == ExitCode.RESTARTS_EXHAUSTED, run.stderr
     stopped = run.named("job_stopped")[0]
     assert stopped["root_cause"] == [2] and stopped["kind"] == reported
@@ -90,14 +98,46 @@ def test_hang_blames_least_advanced_rank(supervise):
     assert run.named("snapshot_done")[0]["step"] == 2
 
 
-def test_silent_hang_caught_by_supervisor_backstop(supervise):
+def test_gil_hang_is_reported_by_the_ranks_own_watchdog(supervise):
+    # The GIL held for good: the native watchdog needs no Python, so the rank still reports
+    # its own hang, before the supervisor's backstop would.
     run = supervise("--inject", "gil-hang@rank=0,step=2", "--hang-timeout", "0.5",
                     "--max-restarts", "0", job=fake_job(2, "--steps", "5"))
+    assert run.rc == ExitCode.RESTARTS_EXHAUSTED, run.stderr
+    hangs = _failures(run)
+    assert {e["rank"] for e in hangs} == {0, 1} and all(e["kind"] == "hang" for e in hangs)
+    assert not any("supervisor backstop" in e["detail"] for e in hangs), hangs
+    root, = [e for e in hangs if e.get("root_cause")]
+    assert root["rank"] == 0 and root["progress"] == [2, 1, 0]
+    assert run.named("job_stopped")[0]["root_cause"] == [0]
+    assert run.named("snapshot_done")[0]["step"] == 2      # the waiting replica's
+
+
+def test_stopped_job_caught_by_supervisor_backstop(supervise):
+    # A stopped process (SIGSTOP: its watchdog stops with it) and no peer to report: only
+    # the supervisor can see the hang, and nothing is left to answer for the state.
+    # Stopped at step 5 of 0.05 s steps: after its first PROGRESS (sent at most every 0.1 s),
+    # without which the supervisor knows no position to watch.
+    run = supervise("--hang-timeout", "0.5", "--max-restarts", "0", "--grace", "1",
+                    job=fake_job(1, "--steps", "10", "--step-time", "0.05", "--sigstop", "0:5"))
     assert run.rc == ExitCode.RESTARTS_EXHAUSTED, run.stderr
     hangs = _failures(run)
     assert hangs and all(e["kind"] == "hang" for e in hangs)
     assert "supervisor backstop" in hangs[0]["detail"]
     assert run.named("job_stopped")[0]["root_cause"] == [0]
+    assert "no usable replica" in run.named("gave_up")[0]["reason"]
+
+
+def test_stopped_rank_is_blamed_not_its_waiting_peer(supervise):
+    # Rank 0 stopped in step 5's forward (last heard of at step 4 or 5); rank 1 waits in
+    # step 5's all-reduce and its watchdog reports the hang. Rank 0 is the least
+    # advanced and the cause; rank 1 holds a good replica.
+    run = supervise("--hang-timeout", "0.5", "--max-restarts", "0", "--grace", "1",
+                    job=fake_job(2, "--steps", "10", "--step-time", "0.05", "--sigstop", "0:5"))
+    assert run.named("job_stopped")[0]["root_cause"] == [0]
+    assert all(e["kind"] == "hang" for e in _failures(run))
+    assert run.named("snapshot_done")[0]["step"] == 5
+    assert run.rc == ExitCode.RESTARTS_EXHAUSTED, run.stderr
 
 
 def test_restart_limit_exhausted_exit_3(supervise):
@@ -111,8 +151,12 @@ def test_restart_limit_exhausted_exit_3(supervise):
 
 
 def test_writer_dying_mid_snapshot_has_stripe_reassigned(supervise):
-    run = supervise("--inject", "crash@rank=1,step=3", job=fake_job(3, "--steps", "6"),
-                    env={"FAKE_DIE_IN_SNAPSHOT": "0"})
+    # A launcher slow to stop the survivors: the shim lets a held SIGTERM through once its
+    # own stripe is written, so a survivor SIGTERMed at once (torchrun) may be gone before
+    # rank 0's stripe can be moved to it.
+    run = supervise("--inject", "crash@rank=1,step=3",
+                    job=fake_job(3, "--steps", "6", "--die-in-snapshot", "0"),
+                    env={"FAKE_LAUNCHER_TERM_DELAY": "30"})
     assert run.rc == ExitCode.SUCCESS, run.stderr
     req = run.named("snapshot_requested")
     moved = [e for e in req if e.get("reassigned_from") == 0]
@@ -123,8 +167,9 @@ def test_writer_dying_mid_snapshot_has_stripe_reassigned(supervise):
 
 
 def test_all_replicas_failing_gives_up_without_resuming(supervise):
-    run = supervise("--inject", "crash@rank=1,step=3", job=fake_job(2, "--steps", "6"),
-                    env={"FAKE_UNUSABLE": "0"})
+    # Rank 1 crashes; rank 0's own code fails in the same step: its state is suspect.
+    run = supervise("--inject", "crash@rank=1,step=3", "--inject", "exception@rank=0,step=3",
+                    job=fake_job(2, "--steps", "6"))
     assert run.rc == ExitCode.JOB_FAILED, run.stderr
     names = [e["event"] for e in run.events]
     assert "gave_up" in names and "restart" not in names and "snapshot_done" not in names
@@ -133,8 +178,12 @@ def test_all_replicas_failing_gives_up_without_resuming(supervise):
     assert not list((run.run_dir / "snapshots").glob("*/manifest.json"))
 
 
-def test_no_registered_state_restarts_from_scratch(supervise):
-    run = supervise("--inject", "crash@rank=0,step=2", job=fake_job(2, "--steps", "4", "--no-state"))
+@pytest.mark.parametrize("how", [
+    "--no-shim",
+    "--no-state",
+])
+def test_no_registered_state_restarts_from_scratch(supervise, how):
+    run = supervise("--inject", "crash@rank=0,step=2", job=fake_job(2, "--steps", "4", how))
     assert run.rc == ExitCode.SUCCESS, run.stderr
     starts = run.named("start")
     assert len(starts) == 2 and "resume" not in starts[1]
@@ -174,8 +223,12 @@ def test_usage_errors_exit_2_and_start_nothing(tmp_path, args):
 
 
 def test_stop_after_a_published_snapshot_uses_the_restart_grace(supervise):
-    # A launcher that takes 30 s to answer SIGTERM: with the snapshot published nothing of
-    # the attempt is needed, so the restart waits --restart-grace, not --grace.
+    # A launcher that takes 30 s to stop: with the snapshot published nothing of the attempt
+    # is needed, so the restart waits --restart-grace, not --grace. The launcher must be
+    # slow on its own teardown too (it begins one when it sees rank 1 die): the supervisor
+    # releases the ranks before it signals the launcher, and a launcher that exits once
+    # they go needs no SIGKILL (job_stopped then has no "killed"), which is what made this
+    # test flaky under load.
     slow = {"FAKE_LAUNCHER_TERM_DELAY": "30"}
     run = supervise("--grace", "20", "--restart-grace", "0.2", "--no-standby",
                     "--inject", "crash@rank=1,step=5", job=fake_job(2, "--steps", "10"), env=slow)
