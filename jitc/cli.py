@@ -1,4 +1,5 @@
-"""The ``jitc`` command line: ``jitc lib``, ``jitc supervise``, ``jitc inspect``.
+"""The ``jitc`` command line: ``jitc lib``, ``jitc supervise``, ``jitc inspect``,
+``jitc export-dcp``.
 
 Usage errors are one line on stderr (``jitc: error: ...``) and exit code 2, and nothing
 is started: every input is validated before the job is.
@@ -36,6 +37,24 @@ def inspect_cmd(path: Path) -> int:
     """Verify a snapshot directory (or manifest) and print what it holds."""
     from .snapshot import inspect_main   # lazy: the snapshot package pulls in safetensors
     return inspect_main(path)
+
+
+@cli.command("export-dcp")
+@click.argument("snapshot", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def export_dcp_cmd(snapshot: Path, out: Path) -> int:
+    """Write a published SNAPSHOT (manifest, directory or snapshot.json) as a
+    torch.distributed.checkpoint directory OUT, loadable at any world size.
+
+    \b
+    Exit codes: 0 written, 1 the snapshot does not verify or cannot be exported
+    (nothing written), 2 usage (OUT exists and is not empty).
+    """
+    from .snapshot.export_dcp import export_dcp   # lazy: pulls in torch
+    done = export_dcp(snapshot, out)
+    click.echo(f"exported step {done.step} ({done.tensors} tensors from {done.shards} "
+               f"shard{'s' if done.shards != 1 else ''}) to {done.out}")
+    return 0
 
 
 @cli.command("supervise", epilog=_EXIT_CODES_HELP,
