@@ -49,11 +49,15 @@ def _write_tensors(root: Path, directory: Path, step: int, tensors: dict[str, to
 
 
 def write_snapshot(directory: str | os.PathLike, step: int, tensors: dict[str, torch.Tensor],
-                   meta: bytes, *, world_size: int | None = None) -> Path:
+                   meta: bytes, *, world_size: int | None = None,
+                   root: str | os.PathLike | None = None) -> Path:
     """Write ``tensors`` (in this order) + ``meta`` as a one-stripe snapshot of ``step``;
-    returns the manifest. The write is confined to below ``directory``'s parent (made if
-    missing): ``directory`` itself must be a real directory of this user, or is made 0700."""
+    returns the manifest. The write is confined to below ``root`` (the snapshot root; by
+    default ``directory``'s parent, made if missing): each level below it must be a real
+    directory of this user, or is made 0700."""
     directory = Path(os.path.abspath(directory))
-    private.make_dirs(directory.parent)
-    _write_tensors(directory.parent, directory, step, tensors, meta)
+    if root is None:
+        root = directory.parent
+        private.make_dirs(root)
+    _write_tensors(Path(os.path.abspath(root)), directory, step, tensors, meta)
     return publish(directory, world_size=world_size)

@@ -22,8 +22,6 @@ from .digest import DIGEST, digest_of
 from .format import FORMAT, META_KEY, StripeHeader, read_header, split_key
 from .layout import MANIFEST, done_file, parse_done, stripe_file
 
-stripe_name = stripe_file     # the older name, still imported by checkfree/writer.py
-
 
 def read_done_records(snap_dir: Path) -> dict[int, dict[int, dict[str, Any]]]:
     """Completion records by nstripes, then stripe index. Unreadable ones are skipped:

@@ -78,7 +78,7 @@ def rebuild_stage(action: "StageAction", base: Path, root: Path, step: int,
         result = copy_neighbour(stage_layout, sources[0][0])
     meta = _rebuilt_meta(sources[0][2], stage_layout, action, result, step)
     manifest = write_snapshot(layout.shard_dir(base, action.stage, 2), step, result.tensors, meta,
-                              world_size=world_size)
+                              world_size=world_size, root=root)
     return manifest, result
 
 
