@@ -7,6 +7,7 @@ FSDP2 ranks write (docs/internals.md "The meta blob")."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from datetime import timedelta
@@ -22,9 +23,12 @@ from torch import nn
 from jitc import state as st
 from jitc.checkfree.writer import write_snapshot
 from jitc.cli import main
+from jitc.errors import CorruptSnapshotError, JitcError
 from jitc.snapshot import layout, load
 from jitc.snapshot.export_dcp import OptimizerState
+from jitc.snapshot.loader import LoadedSnapshot
 from jitc.snapshot.meta import encode
+from jitc.snapshot.unshard import assemble
 
 from .conftest import bitwise_equal
 
@@ -330,3 +334,53 @@ def test_existing_non_empty_out_is_a_usage_error(tmp_path, capsys):
     assert jitc(capsys, "export-dcp", tmp_path / "nothing-here", tmp_path / "x")[0] == 2
     out.joinpath("keep.txt").unlink()   # an empty OUT is fine
     assert jitc(capsys, "export-dcp", manifest, out)[0] == 0
+
+
+# -- unshard.assemble on its own: records that do not fit together ------------------------
+def _shard(s: int, pieces: dict, step: int = STEP) -> LoadedSnapshot:
+    """A loaded shard s of 2 holding ``pieces``: name -> (tensor, offset, placements)."""
+    entries = {n: {"global_shape": [4, 2], "placements": pl, "offset": off,
+                   "local_shape": list(t.shape)} for n, (t, off, pl) in pieces.items()}
+    record = {"mesh_shape": [2, 2], "mesh_dim_names": None, "coordinate": [0, s], "shard": s,
+              "num_shards": 2, "tensors": entries}
+    return LoadedSnapshot(step=step, tensors={n: t for n, (t, _, _) in pieces.items()},
+                          meta=b"", manifest={}, path=Path(f"shard-{s}"),
+                          state={"sharding": record})
+
+
+W = torch.arange(8.0).reshape(4, 2)
+
+
+def test_assemble_takes_a_piece_every_shard_holds_once_if_equal_everywhere():
+    shards = [_shard(s, {"model.w": (W[2 * s:2 * s + 2], [2 * s, 0], ["R", "S(0)"]),
+                         "model.r": (W.clone(), [0, 0], ["R", "R"])}) for s in range(2)]
+    tensors, _, step = assemble(shards, [0, 1])
+    assert step == STEP and torch.equal(tensors["model.w"], W) and torch.equal(
+        tensors["model.r"], W)
+    shards[1].tensors["model.r"][0, 0] = -1
+    with pytest.raises(CorruptSnapshotError, match="shards 0 and 1 hold different values"):
+        assemble(shards)
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (lambda sh: sh[1].state["sharding"]["tensors"]["model.w"].update(placements=["R", "P"]),
+     JitcError, "a Partial placement"),
+    (lambda sh: setattr(sh[1], "step", STEP + 1), CorruptSnapshotError,
+     "shards of different steps"),
+    (lambda sh: sh[1].state["sharding"].update(shard=0), CorruptSnapshotError,
+     "the index lists it as shard 1, its sharding record says 0"),
+    (lambda sh: sh[1].state["sharding"].update(mesh_shape=[1, 2]), CorruptSnapshotError,
+     "mesh_shape [1, 2]"),
+    (lambda sh: sh[1].state.pop("sharding"), CorruptSnapshotError, "no sharding record"),
+    (lambda sh: [s.state.pop("sharding") for s in sh], JitcError,
+     "2 shards without sharding records"),
+    (lambda sh: sh[0].state.update(pipeline={"stage": 0, "num_stages": 2}), JitcError,
+     "a pipeline stage's snapshot"),
+])
+def test_assemble_refuses_shards_that_are_not_one_model_in_one_line(change, error, words):
+    shards = [_shard(s, {"model.w": (W[2 * s:2 * s + 2], [2 * s, 0], ["R", "S(0)"])})
+              for s in range(2)]
+    change(shards)
+    with pytest.raises(error, match=re.escape(words)) as e:
+        assemble(shards, [0, 1])
+    assert "\n" not in str(e.value)
