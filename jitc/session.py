@@ -272,6 +272,15 @@ class Session:
             # The first parameter's gradient is normally the last one computed: once it is
             # accumulated, backward's own work is done and only the all-reduce may remain.
             params[0].register_post_accumulate_grad_hook(lambda _p: self._lib.jitc_mark())
+        if self.sharding is not None:
+            # FSDP2 assigns a sharded parameter's .grad after its reduce-scatter, never
+            # accumulates it: the hook above does not fire. Mark instead when backward
+            # reaches each sharded block, before FSDP's all-gather for it (prepended, our
+            # tensor hook runs before FSDP's): a rank blocked in that collective has moved
+            # further than the one that hangs before it, which the supervisor blames as
+            # the least advanced (supervisor/classify.py).
+            for block in sharding.blocks(st.unwrap(self.model)):
+                block.register_forward_hook(self._mark_in_backward, prepend=True)
         self.optimizer.register_step_pre_hook(self._before_optimizer)
         self.optimizer.register_step_post_hook(self._after_optimizer)
 
@@ -279,6 +288,15 @@ class Session:
         tensor = _first_grad_tensor(output)
         if tensor is not None and self.step >= 0:
             tensor.register_hook(self._on_backward_start)
+
+    def _mark_in_backward(self, _module, _inputs, output) -> None:
+        tensor = _first_grad_tensor(output)
+        if tensor is not None and self.step >= 0:
+            tensor.register_hook(self._backward_mark)
+
+    def _backward_mark(self, grad):
+        self._lib.jitc_mark()
+        return grad
 
     def _on_backward_start(self, grad):
         if not self._in_backward:

@@ -101,6 +101,12 @@ def detect(model: torch.nn.Module, rank: int, world_size: int) -> Layout | None:
     return Layout(mesh, coordinate, shard, num_shards, replicas)
 
 
+def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules inside ``model`` that ``fully_shard`` made groups of (not the root)."""
+    from torch.distributed.fsdp import FSDPModule
+    return [m for m in model.modules() if m is not model and isinstance(m, FSDPModule)]
+
+
 def placement_name(placement) -> str:
     from torch.distributed.tensor import Partial, Replicate, Shard
     if type(placement) is Shard:
