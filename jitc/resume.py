@@ -59,8 +59,9 @@ def choose(supervised: bool, stage: int = 0, num_stages: int = 1, rejected: list
         # Newest first; one that does not verify, parse or load is skipped (and logged).
         snap = load_latest(Path(root), rejected)
         if snap is not None and num_stages > 1:
-            raise NoSnapshotError(f"{snap.path}: shim-only resume of a pipeline (several "
-                                  "stages) is not supported: run it under `jitc supervise`")
+            raise NoSnapshotError(f"{snap.path}: shim-only resume of a job with several "
+                                  "shards (pipeline stages, FSDP shards) is not supported: "
+                                  "run it under `jitc supervise`")
     return (snap.path, snap) if snap is not None else (None, None)
 
 

@@ -51,6 +51,25 @@ def live_locals(model, optimizer) -> dict[str, torch.Tensor]:
     return {i.name: i.local for i in st.model_tensors(model) + st.optimizer_tensors(optimizer)}
 
 
+def layouts(rank: int) -> dict:
+    """What sharding.detect makes of a 1-D mesh, and of a 2-D mesh whose ranks are not
+    laid out copy * shards + shard."""
+    from torch.distributed.device_mesh import DeviceMesh
+    flat = nn.Linear(4, 8)
+    fully_shard(flat, mesh=init_device_mesh("cpu", (4,), mesh_dim_names=("shard",)))
+    found = sharding.detect(flat, rank, 4)
+    facts = {"flat": [found.shard, found.num_shards, found.replicas, list(found.mesh_shape)]}
+    odd = nn.Linear(4, 8)
+    fully_shard(odd, mesh=DeviceMesh("cpu", torch.tensor([[0, 2], [1, 3]]),
+                                     mesh_dim_names=("replicate", "shard")))
+    try:
+        sharding.detect(odd, rank, 4)
+        facts["misordered"] = None
+    except JitcError as e:
+        facts["misordered"] = str(e)
+    return facts
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -109,6 +128,7 @@ def main(out: Path) -> None:
     a, b = live_locals(model, optimizer), live_locals(fresh, fresh_opt)
     facts["after_restore_equal"] = a.keys() == b.keys() and all(
         torch.equal(a[k], b[k]) for k in a)
+    facts.update(layouts(rank))
     (out / f"rank-{rank}.json").write_text(json.dumps(facts))
     dist.destroy_process_group()
 

@@ -67,6 +67,17 @@ def test_optimizer_state_restored_into_a_fresh_model_is_dtensor_and_trains_alike
         assert f["after_restore_equal"]
 
 
+def test_a_flat_mesh_is_shards_without_copies_and_a_misordered_mesh_is_refused(ranks):
+    for f in ranks:
+        assert f["flat"] == [f["rank"], 4, 1, [4]]
+        # Ranks [[0, 2], [1, 3]]: rank 1 holds shard 0 of copy 1, where jitc expects rank 2.
+        if f["rank"] in (1, 2):
+            assert "put the replicate dimension first" in f["misordered"]
+            assert "\n" not in f["misordered"]
+        else:
+            assert f["misordered"] is None
+
+
 def _record(shard=0, local=(2, 6)):
     return {"mesh_shape": [2, 2], "mesh_dim_names": ["replicate", "shard"],
             "coordinate": [1, shard], "shard": shard, "num_shards": 2,
