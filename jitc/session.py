@@ -395,14 +395,12 @@ class Session:
 
     # -- snapshots written by this rank itself -------------------------------------------
     def _write(self, directory: Path, nstripes: int, stripe: int) -> int:
+        from .snapshot import publish
         stripes = self._ffi.new("int[]", [stripe])
         stems, _keep = c_strings([layout.stripe_stem(stripe, nstripes)])
         step_out = self._ffi.new("int64_t *")
         check(self._lib.jitc_snapshot_write(str(directory).encode(), nstripes, stripes, stems,
                                             1, PERIODIC_TIMEOUT_S, step_out), "snapshot")
-        # Imported after the write: a first import (jitc.snapshot loads its modules on first
-        # use) holds the GIL long enough for the training loop to run past the step.
-        from .snapshot import publish
         try:
             publish(directory)   # whichever replica writes the last stripe publishes
         except CorruptSnapshotError:
