@@ -22,10 +22,12 @@ from ..e2e.conftest import BIN, ROOT, clean_env
 pytestmark = pytest.mark.e2e
 SCRIPT = ROOT / "examples" / "fsdp_train.py"
 STEPS = 12
-# Attempt i fires CHAIN[i]: a crash in replica group 0, an exception in the optimizer
-# phase in group 1 (the others finish step 6: the snapshot is of step 7), a hang.
-CHAIN = [("crash", 1, 3, "forward", 3), ("exception", 2, 6, "optimizer", 7),
-         ("hang", 3, 9, "backward", 9)]
+# Attempt i fires CHAIN[i] (kind, rank, step, phase, step of the JIT snapshot), on every
+# rank of both replica groups (group = rank // 2): a crash in group 0, a crash in group 1
+# in backward, an exception in the optimizer phase (the others finish step 6: the
+# snapshot is of step 7), a hang in backward.
+CHAIN = [("crash", 1, 2, "forward", 2), ("crash", 2, 4, "backward", 4),
+         ("exception", 0, 6, "optimizer", 7), ("hang", 3, 9, "backward", 9)]
 
 
 @dataclass
