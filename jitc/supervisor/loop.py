@@ -154,13 +154,13 @@ class Supervisor:
             if lost is not None:
                 self._feed(R.RunDirLost(lost), now)
                 return
-        pid_ready = False
+        exited: Job | None = None
         for key, _ in self.sel.select(self.opts.tick_s):
             if key.data == "server":
                 for conn in self.server.accept():
                     self.sel.register(conn, selectors.EVENT_READ, conn)
-            elif key.data == "job":
-                pid_ready = True
+            elif isinstance(key.data, Job):
+                exited = key.data
             elif key.data == "work":
                 for done in self.worker.drain():
                     self._feed(done, now)
@@ -168,7 +168,7 @@ class Supervisor:
                 self._read(key.data, now)
             if self.result is not None:
                 return
-        if pid_ready and self.job is not None:
+        if exited is not None and exited is self.job:   # not a job started since in this pass
             # Every message the job's processes sent is queued by the time its top
             # process is reaped: read them all before judging the exit.
             for key in list(self.sel.get_map().values()):
@@ -244,7 +244,7 @@ class Supervisor:
             self._feed(R.StartFailed(from_oserror("cannot start", e, self.opts.command[0])))
             return
         self.job_exited = False
-        self.sel.register(self.job.pidfd, selectors.EVENT_READ, "job")
+        self.sel.register(self.job.pidfd, selectors.EVENT_READ, self.job)
         _warm_up_snapshot_module()
         self._prepare_standby(cmd.attempt, cmd.resume)
         self.events.emit("start", cmd.attempt, pid=self.job.pid, command=list(self.opts.command),
@@ -303,8 +303,10 @@ class Supervisor:
             return
         messages, eof = conn.read()
         for msg in messages:
+            if conn.closed:     # a message led to StopJob, which closed every connection
+                return
             self._handle(conn, msg, now)
-        if eof:
+        if eof and not conn.closed:
             self.sel.unregister(conn)
             conn.close()
             if conn.rank is not None and self.rank_conn.get(conn.rank) is conn:

@@ -127,7 +127,8 @@ class Planner:
         if isinstance(r.step, int):
             info.step, info.phase, info.last_change = r.step, phase_index(r.phase), now
             self._started(r.step)
-        self._emit("fault_injected", rank=r.rank, step=r.step, kind=r.kind, phase=r.phase)
+        self._emit_at("fault_injected", now, dict(rank=r.rank, step=r.step, kind=r.kind,
+                                                   phase=r.phase))
 
     def _on_Resumed(self, r: R.Resumed, now: float) -> None:
         if isinstance(r.step, int) and r.rank not in self.resumed_ranks:
