@@ -70,6 +70,7 @@ class Session:
         # stage layout records are written: a lost shard is never rebuilt by CheckFree.
         self.sharding = sharding.detect(st.unwrap(model), self.rank, self.world_size)
         self._sharding_record: dict | None = None
+        self._frozen: meta_record.Frozen | None = None
         if self.sharding is not None:
             if self.pipeline:
                 raise JitcError("protect(stage=, num_stages=) with a sharded (fully_shard) "
@@ -137,6 +138,7 @@ class Session:
         self._registered = items   # keeps every registered tensor alive
         if self.sharding is not None:
             self._sharding_record = sharding.record(self.sharding, items)
+            self._frozen = meta_record.Frozen("sharding", self._sharding_record)
         self._opt_state_size = st.optimizer_state_size(self.optimizer)
         self._has_scalar_state = bool(st.optimizer_scalars(self.optimizer)["per_param"])
 
@@ -169,8 +171,6 @@ class Session:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
         }
-        if self._sharding_record is not None:
-            meta["sharding"] = self._sharding_record
         if self.pipeline:
             meta["pipeline"] = {"stage": self.stage, "num_stages": self.num_stages,
                                 "checkfree_plus": self.checkfree_plus}
@@ -179,7 +179,8 @@ class Session:
             # back once per step, after the optimizer step was queued.
             meta["record"] = {k: float(v) for k, v in self._recorded.items()}
         # Plain data only, never a pickle: a snapshot found on disk must not run code.
-        return meta_record.encode(meta)
+        # The sharding record does not change: encoded once (meta.Frozen), not per step.
+        return meta_record.encode(meta, frozen=self._frozen)
 
     def record(self, **values: float | torch.Tensor) -> None:
         """Small per-step numbers (e.g. ``grad_norm=``) stored with this step's state.

@@ -45,8 +45,30 @@ class MetaError(JitcError):
 
 # -- encoding ----------------------------------------------------------------------------
 
-def encode(state: Any) -> bytes:
-    """The meta blob of ``state``; MetaError naming the first value it cannot store."""
+class Frozen:
+    """A value that does not change between steps, encoded once and added under ``key`` to
+    every meta record ``encode(state, frozen=...)`` writes (an FSDP job's sharding record:
+    thousands of entries, which encoding afresh each step would cost milliseconds)."""
+
+    def __init__(self, key: str, value: Any):
+        self.key = key
+        self.value = value
+        body = encode({key: value}).decode("ascii")        # refused here, once, if at all
+        start = body.index('"state":{') + len('"state":{')
+        self.text = body[start:-2]                          # '"key":<value>'
+
+
+def encode(state: Any, frozen: Frozen | None = None) -> bytes:
+    """The meta blob of ``state`` (and of ``frozen``'s key, see Frozen); MetaError naming
+    the first value it cannot store."""
+    if frozen is not None:
+        if not isinstance(state, dict) or not state or frozen.key in state or TAG in state \
+                or not all(type(k) is str for k in state):
+            raise MetaError(f"meta: a frozen {frozen.key!r} goes into a non-empty dict with "
+                            "plain keys that lacks it")
+        text = encode(state).decode("ascii")
+        # A dict with plain string keys is a JSON object: '...,"state":{...}}'.
+        return (text[:-2] + "," + frozen.text + "}}").encode("ascii")
     try:
         # Fast path: atoms and all-atom containers go to the C encoder as they are.
         text = _DUMPS({"format": FORMAT, "state": _fast(state)})

@@ -182,3 +182,23 @@ def test_protect_refuses_unstorable_state_when_it_starts(tmp_path):
                        timeout=120)
     assert p.returncode == 3, p.stdout + p.stderr
     assert "refused: meta.scheduler.lr_lambdas[0].fn: cannot store a function" in p.stdout
+
+
+def test_a_frozen_value_is_encoded_once_and_decodes_in_place():
+    from jitc.snapshot.meta import Frozen, MetaError, decode_state, encode
+    record = {"tensors": {f"model.{i}.weight": {"global_shape": [8, 4], "placements": ["R", "S(0)"],
+                                                 "offset": [4 * (i % 2), 0], "local_shape": [4, 4]}
+                          for i in range(100)}, "mesh_shape": [2, 2], "coordinate": [1, 0]}
+    frozen = Frozen("sharding", record)
+    state = {"completed": 7, "optim": {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]},
+             "x": float("nan")}
+    blob = encode(state, frozen=frozen)
+    got = decode_state(blob)
+    assert got["sharding"] == record and got["completed"] == 7
+    assert got["optim"]["param_groups"][0]["betas"] == (0.9, 0.99) and got["x"] != got["x"]
+    assert blob == encode({**state, "sharding": record})     # the same bytes as encoding it all
+    for bad in ({}, {"sharding": 1}, {1: 2}):
+        with pytest.raises(MetaError):
+            encode(bad, frozen=frozen)
+    with pytest.raises(MetaError):
+        Frozen("f", {"fn": print})                            # refused when frozen, once
