@@ -51,7 +51,7 @@ def _warm_up_snapshot_module() -> None:
 
     def load() -> None:
         try:
-            import jitc.snapshot  # noqa: F401
+            import jitc.snapshot.loader  # noqa: F401  (jitc.snapshot alone no longer imports torch)
         except Exception:      # recovery reports the failure when it needs the module
             pass
     threading.Thread(target=load, name="jitc-warm-up", daemon=True).start()
