@@ -1,7 +1,8 @@
 """A real ``Supervisor`` without a job: ranks are socketpair connections whose records go
 through the supervisor's own read path (``Connection.read`` -> ``protocol.decode`` ->
-``Supervisor._handle``), and ``advance`` runs the parts of one loop pass that do not wait
-on a process (settle, decide, recovery ticks, restart)."""
+``Supervisor._handle`` -> the planner), and ``advance`` runs the parts of one loop pass that
+do not wait on a process: the planner's tick, its slow work (done at once, on this disk),
+restarts (a job "started" is a new set of connections)."""
 from __future__ import annotations
 
 import io
@@ -14,8 +15,23 @@ from jitc import protocol
 from jitc.protocol import Msg
 from jitc.supervisor import Options, Supervisor
 from jitc.supervisor.events import EventLog
+from jitc.supervisor import work
+from jitc.supervisor.planner import reports as R
 from jitc.supervisor.server import Connection, peer_credentials
-from jitc.supervisor.state import State
+
+
+class _SyncWorker:
+    """The worker thread's part, done when the harness advances."""
+
+    def __init__(self, root: Path):
+        self.root, self.jobs = root, []
+
+    def submit(self, w) -> None:
+        self.jobs.append(w)
+
+    def drain(self):
+        jobs, self.jobs = self.jobs, []
+        return [work.attempt(w.job, w.token, self.root) for w in jobs]
 
 
 class Harness:
@@ -35,8 +51,14 @@ class Harness:
         opts.snapshot_root.mkdir(mode=0o700)
         self.sup = Supervisor(opts, stream=self.log, clock=lambda: self.now)
         self.sup.events = EventLog(opts.events_path, self.log, clock=lambda: self.now)
-        self.sup.state = State.RUNNING
+        self.sup.worker = _SyncWorker(opts.snapshot_root.resolve())
+        self.sup._start_job = self._started          # no process: new connections come
         self.peers: dict[Connection, socket.socket] = {}
+        self.sup._carry_out(self.sup.planner.begin(), self.now)
+
+    def _started(self, cmd) -> None:
+        self.disconnect_all()        # the job was stopped and is restarted: they are gone
+        self.sup._feed(R.JobStarted(pid=1), self.now)
 
     def connect(self) -> Connection:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -73,21 +95,17 @@ class Harness:
         """Time passes: what ``_run_once`` does after reading, minus the job's process."""
         self.now += dt
         sup = self.sup
-        if sup.state is State.RUNNING:
-            sup._check_hang(self.now)
-        if sup.state is State.SETTLING and sup._settled(self.now):
-            sup._decide(self.now)
-        if sup.state is State.RECOVERING:
-            outcome = sup.recovery.tick(self.now)
-            if outcome is not None:
-                sup._after_recovery(outcome, self.now)
+        for _ in range(8):           # work whose result asks for more work
+            done = sup.worker.drain()
+            if not done:
+                break
+            for d in done:
+                sup._feed(d, self.now)
+        if sup.result is None:
+            sup._carry_out(sup.planner.tick(self.now), self.now)
         if sup.result is not None:
             self.close()
             self._new_supervisor()
-        elif sup.state is State.STARTING:
-            # The job was stopped and is restarted: its connections are gone.
-            self.disconnect_all()
-            sup._goto(State.RUNNING)
 
     def close(self) -> None:
         self.disconnect_all()

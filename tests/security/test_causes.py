@@ -300,18 +300,48 @@ def test_run_dir_watch_tells_a_replaced_directory(tmp_path):
 
 # -- the supervisor carries a writer's error ---------------------------------------------
 
+class _Recovery:
+    """One SnapshotRun driven as the shell drives it: Work done at once on this disk."""
+
+    def __init__(self, root: Path, log: Path, ranks: int, stream):
+        from jitc.supervisor.events import EventLog
+        from jitc.supervisor.planner.snapshot_run import Limits, SnapshotRun
+        from jitc.supervisor.server import RankInfo
+        infos = {r: RankInfo(r, pid=100 + r, shard=0, num_shards=1, world_size=ranks,
+                             last_change=0.0) for r in range(ranks)}
+        self.root, self.sent = root, []
+        self.events = EventLog(log / "events.jsonl", stream or open(os.devnull, "w"))
+        self.run = SnapshotRun(attempt=0, ranks=infos, excluded={1}, protected=True,
+                               limits=Limits(1.0, 5.0))
+
+    def _do(self, cmds) -> None:
+        from jitc.supervisor import work
+        from jitc.supervisor.planner import commands as C
+        for c in cmds:
+            if isinstance(c, C.Send):
+                self.sent.append((c.rank, c.type, c.body))
+            elif isinstance(c, C.Emit):
+                self.events.emit(c.event, c.attempt, echo=c.echo, **c.fields)
+            elif isinstance(c, C.Work):
+                self._do(self.run.on_work(work.attempt(c.job, c.token, self.root), 0.0))
+
+    def start(self, now):
+        self._do(self.run.start(now))
+
+    def on_state(self, rank, body, now):
+        self._do(self.run.on_state(rank, body, now))
+
+    def on_snapshot_done(self, rank, body, now):
+        self._do(self.run.on_snapshot_done(rank, body, now))
+
+    @property
+    def outcome(self):
+        return self.run.outcome
+
+
 def _recovery(root: Path, log: Path, ranks: int = 2, stream=None):
-    from jitc.supervisor.events import EventLog
-    from jitc.supervisor.recovery import Recovery
-    from jitc.supervisor.server import RankInfo
-    infos = {r: RankInfo(r, pid=100 + r, shard=0, num_shards=1, world_size=ranks,
-                         last_change=0.0) for r in range(ranks)}
-    sent: list = []
-    rec = Recovery(root=root, attempt=0, ranks=infos, excluded={1}, protected=True,
-                   events=EventLog(log / "events.jsonl", stream or open(os.devnull, "w")),
-                   send=lambda r, t, b: sent.append((r, t, b)) or True,
-                   query_timeout_s=1.0, snapshot_timeout_s=5.0, clock=lambda: 0.0)
-    return rec, sent
+    rec = _Recovery(root, log, ranks, stream)
+    return rec, rec.sent
 
 
 def test_a_writers_enospc_reaches_the_outcome(tmp_path):

@@ -164,7 +164,9 @@ def test_inspect_calls_the_forged_snapshot_invalid(genuine, tmp_path):
 def test_stage_rebuild_refuses_a_forged_neighbour(genuine, tmp_path):
     """The supervisor rebuilds lost stage 2 from stages 1 and 3: stage 1's is forged."""
     from jitc.checkfree.plan import Action
-    from jitc.supervisor.stages import latest_complete_stages, plan_stages, rebuild_stage
+    from jitc.checkfree.layout import any_checkfree_plus
+    from jitc.supervisor.planner.methods import plan_stages
+    from jitc.supervisor.stages import latest_complete_stages, rebuild_stage
     _, _, snap, _ = genuine
     marker = tmp_path / "pwned"
     root, base = tmp_path / "root", tmp_path / "root" / f"snap-a0-s{FAULT_STEP}-0"
@@ -177,7 +179,7 @@ def test_stage_rebuild_refuses_a_forged_neighbour(genuine, tmp_path):
     for s in range(4):
         write_layout(root, StageLayout(s, 4, False, tensors))
     by_shard = {0: {FAULT_STEP: [0]}, 1: {FAULT_STEP: [1]}, 2: {}, 3: {FAULT_STEP: [3]}}
-    action = plan_stages(by_shard, {s: 1 for s in range(4)}, root).rebuilt[0]
+    action = plan_stages(by_shard, {s: 1 for s in range(4)}, any_checkfree_plus(root)).rebuilt[0]
     assert (action.stage, action.action, action.sources) == (2, Action.CHECKFREE_MERGE, (1, 3))
     (base / "shard-2").rename(tmp_path / "lost-stage-2")
     with pytest.raises(JitcError, match="pickle"):

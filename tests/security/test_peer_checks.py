@@ -73,21 +73,21 @@ def test_hello_must_match_the_connection(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     a, b = h.connect(), h.connect()
     h.send(a, Msg.HELLO, rank=0, pid=os.getpid() + 1, world_size=2)    # not the peer's pid
-    assert h.sup.ranks == {}
+    assert h.sup.planner.ranks == {}
     h.send(a, Msg.HELLO, rank=0, pid=os.getpid(), world_size=2)
     assert h.sup.rank_conn[0] is a
     h.send(b, Msg.HELLO, rank=0, pid=os.getpid(), world_size=2)        # rank 0 is taken
     assert h.sup.rank_conn[0] is a and b.rank is None
     h.send(a, Msg.HELLO, rank=1, pid=os.getpid(), world_size=2)        # second HELLO
-    assert a.rank == 0 and 1 not in h.sup.ranks
+    assert a.rank == 0 and 1 not in h.sup.planner.ranks
     h.send(b, Msg.HELLO, rank=2, pid=os.getpid(), world_size=2)        # outside the world
     h.send(b, Msg.HELLO, rank=1, pid=os.getpid(), world_size=4)        # another world
-    assert set(h.sup.ranks) == {0} and b.rank is None
+    assert set(h.sup.planner.ranks) == {0} and b.rank is None
     h.send(b, Msg.HELLO, rank=1, pid=os.getpid(), world_size=2)
     assert h.sup.rank_conn[1] is b
     # A report naming another rank than the connection's is not believed.
     h.send(b, Msg.FAILURE, rank=0, kind="exception", step=1)
-    assert h.sup.failures == []
+    assert h.sup.planner.failures == []
     log = h.log.getvalue()
     for words in ("says pid", "already holds", "second HELLO", "outside", "world_size 4",
                   "names rank 0"):
@@ -110,10 +110,10 @@ def test_malformed_failure_is_dropped_not_fatal(tmp_path: Path, payload: bytes) 
     a = h.connect()
     h.send(a, Msg.HELLO, rank=0, pid=os.getpid(), world_size=1)
     h.send_raw(a, protocol.HEADER.pack(b"JT", 1, int(Msg.FAILURE), len(payload)) + payload)
-    assert h.sup.failures == [] and h.sup.result is None
+    assert h.sup.planner.failures == [] and h.sup.result is None
     assert h.log.getvalue().count("dropped a record from rank 0") == 1, h.log.getvalue()
     h.send(a, Msg.FAILURE, rank=0, kind="hang", step=3, progress=[3, 1, 0])   # still heard
-    assert [f.progress for f in h.sup.failures] == [(3, 1, 0)]
+    assert [f.progress for f in h.sup.planner.failures] == [(3, 1, 0)]
 
 
 INFINITY_JOB = """
@@ -194,4 +194,4 @@ def test_a_dropped_frame_with_stderr_closed_is_still_only_dropped(tmp_path: Path
     a = h.connect()
     h.send(a, Msg.HELLO, rank=0, pid=a.peer_pid, world_size=1)
     h.send_raw(a, protocol.HEADER.pack(b"JT", 1, int(Msg.FAILURE), 5) + b"{nope")
-    assert a.dropped == 1 and h.sup.failures == []
+    assert a.dropped == 1 and h.sup.planner.failures == []

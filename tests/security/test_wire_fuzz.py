@@ -158,7 +158,7 @@ def test_fuzz_supervisor_decode_and_handle(tmp_path: Path, world: int, shards: i
         conn = rank_conn(r) if rng.random() < 0.9 else h.connect()   # or a stranger
         mtype = rng.choice(list(Msg))
         body = _templates(r, world, conn.peer_pid, rng, shards)[mtype]
-        rec = h.sup.recovery
+        rec = h.sup.planner.recovery
         if mtype is Msg.SNAPSHOT_DONE and rec is not None and getattr(rec, "_id", None):
             body.update(id=rec._id, stripe=rng.randrange(2))   # answers the real request
         if rng.random() < 0.25:
@@ -186,7 +186,7 @@ def test_fuzz_supervisor_decode_and_handle(tmp_path: Path, world: int, shards: i
     c = h.connect()
     h.send(c, Msg.HELLO, rank=0, pid=c.peer_pid, world_size=1)
     h.send(c, Msg.PROGRESS, rank=0, step=4, completed=4, phase="forward")
-    assert h.sup.ranks[0].step == 4 and h.sup.ranks[0].phase == 1
+    assert h.sup.planner.ranks[0].step == 4 and h.sup.planner.ranks[0].phase == 1
 
 
 def test_decode_accepts_exactly_well_typed_bodies() -> None:
