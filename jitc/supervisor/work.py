@@ -76,7 +76,8 @@ def find_fallback(root: Path, num_shards: int) -> dict[str, Any] | None:
     manifest = Path(found)
     if manifest.is_dir():
         manifest = layout.manifest_path(manifest)
-    return {"manifest": manifest, "step": _step_of(manifest)}
+    first = layout.read_index(manifest)[0] if manifest.name == layout.INDEX else manifest
+    return {"manifest": manifest, "step": _step_of(first)}
 
 
 def _step_of(path: Path) -> int | None:

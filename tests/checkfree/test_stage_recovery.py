@@ -167,4 +167,6 @@ def test_periodic_snapshots_of_every_stage_are_assembled_for_resume(tmp_path):
     assert sorted(shards) == [0, 1] and all(load(m).step == 4 for m in shards.values())
     assert layout.resume_manifest(index, 1, 2) == shards[1]
     assert latest_complete_stages(tmp_path, 2) == index      # found again, not rewritten
+    from jitc.supervisor.work import find_fallback
+    assert find_fallback(tmp_path, 2) == {"manifest": index, "step": 4}   # the restart's step
     assert latest_complete_stages(tmp_path, 3) is None

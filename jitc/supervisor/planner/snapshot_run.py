@@ -327,8 +327,8 @@ class SnapshotRun:
         self._emit("snapshot_done", step=self._step, bytes=nbytes,
                    seconds=round(now - self._write_t0, 6), snapshot=str(first),
                    stripes=stripes)
-        if self._num_shards > 1:
-            for a in self._plan.copied:
+        if self._num_shards > 1 and (self._survey or {}).get("pipeline", True):
+            for a in self._plan.copied:     # pipeline stages (FSDP shards are not "rebuilt")
                 self._emit("stage_rebuilt", stage=a.stage, method="replica", neighbours=[],
                            weights=None, step=self._step, detail=a.message)
         self._rebuilding = list(self._plan.rebuilt)
