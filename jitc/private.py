@@ -151,3 +151,27 @@ def require_snapshot_root(path: str | os.PathLike, what: str) -> Path:
     except UntrustedPathError as e:
         print(f"jitc: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def write_json_durably(directory: Path, name: str, obj: object, **dump: object) -> Path:
+    """``directory/name`` holding ``obj`` as JSON, private (0600) and durable: written to a
+    temporary (jitc/tmpfiles.py's pattern, so a killed writer's is swept), fsynced, renamed
+    into place, then the directory fsynced. A reader sees the old file or the whole new one."""
+    import json
+    import uuid
+    target = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open_private(tmp) as f:
+            json.dump(obj, f, **dump)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target

@@ -9,7 +9,7 @@ and ``plan`` (pure) must not, since the supervisor's planner imports it at start
 """
 from __future__ import annotations
 
-import importlib
+from .. import _lazy
 
 _WHERE = {"GradNormRecorder": "gradnorm", "DEFAULT_LR_FACTOR": "lr", "LrRule": "lr",
           "restart_optimizer": "lr", "align": "merge", "merge_weights": "merge",
@@ -20,9 +20,4 @@ _WHERE = {"GradNormRecorder": "gradnorm", "DEFAULT_LR_FACTOR": "lr", "LrRule": "
 __all__ = list(_WHERE)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy.attributes(__name__, _WHERE)

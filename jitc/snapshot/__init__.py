@@ -9,7 +9,7 @@ at start. ``import jitc.snapshot.loader`` imports torch at once.
 """
 from __future__ import annotations
 
-import importlib
+from .. import _lazy
 
 _WHERE = {"inspect_main": "inspect", "LoadedSnapshot": "loader", "check_compatible": "loader",
           "latest_complete": "loader", "load": "loader", "load_latest": "loader",
@@ -19,9 +19,4 @@ __all__ = ["publish", "latest_complete", "load", "load_latest", "inspect_main",
            "LoadedSnapshot", "check_compatible", "verify_manifest"]
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy.attributes(__name__, _WHERE)

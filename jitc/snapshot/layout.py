@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -146,22 +145,7 @@ def write_index(snap_dir: str | os.PathLike, manifests: dict[int, Path],
     index: dict[str, Any] = {"format": INDEX_FORMAT, "world_size": world_size, "shards": shards}
     _check_index(snap_dir / INDEX, index)
     index[DIGEST] = digest_of(index)
-    target = snap_dir / INDEX
-    tmp = snap_dir / f".{INDEX}.{os.getpid()}.{uuid.uuid4().hex}.tmp"   # tmpfiles.py's pattern
-    try:
-        with private.open_private(tmp) as f:
-            json.dump(index, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(snap_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return target
+    return private.write_json_durably(snap_dir, INDEX, index, indent=1, sort_keys=True)
 
 
 def read_index(path: str | os.PathLike) -> dict[int, Path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -198,18 +197,4 @@ def publish(snap_dir: str | os.PathLike, *, world_size: int | None = None) -> Pa
             return target
     except (OSError, ValueError, RecursionError):
         pass
-    tmp = snap_dir / f".{MANIFEST}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with private.open_private(tmp) as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(snap_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return target
+    return private.write_json_durably(snap_dir, MANIFEST, manifest, indent=1)
