@@ -35,7 +35,10 @@ from .rundir import CHECK_EVERY_S, RunDirWatch
 from .server import Connection, Server, hello_refusal
 from .standby import Plan, Standby, plan
 from .state import ExitCode, RunResult, State
+from . import work
 from .work import Worker
+
+QUICK_WORK = (C.Survey, C.Prepare)
 
 _ORPHAN_REAP_EVERY_S = 1.0
 _warm_up_started = False
@@ -79,6 +82,7 @@ class Supervisor:
         self.run_dir_watch: RunDirWatch | None = None
         self._next_dir_check = 0.0
         self._told_interrupt = False
+        self._wall_offset = time.time() - clock()
 
     @property
     def state(self) -> State:
@@ -196,10 +200,14 @@ class Supervisor:
                 if conn is not None:
                     conn.send(cmd.type, cmd.body)
             elif isinstance(cmd, C.Emit):
-                ts = None
-                if cmd.at is not None:   # the planner's clock -> the log's wall clock
-                    ts = time.time() - (self.clock() - cmd.at)
+                # The planner's clock -> the log's wall clock, by one offset: two events
+                # of the same instant get the same stamp.
+                ts = None if cmd.at is None else cmd.at + self._wall_offset
                 self.events.emit(cmd.event, cmd.attempt, echo=cmd.echo, ts=ts, **cmd.fields)
+            elif isinstance(cmd, C.Work) and isinstance(cmd.job, QUICK_WORK):
+                # A few stats and mkdirs: at once, so the SNAPSHOT follows the answers by
+                # one pass (a rank still training moves on while a thread is scheduled).
+                self._feed(work.attempt(cmd.job, cmd.token, self.opts.snapshot_root.resolve()), now)
             elif isinstance(cmd, C.Work):
                 self.worker.submit(cmd)
             elif isinstance(cmd, C.StartJob):

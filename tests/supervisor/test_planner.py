@@ -427,3 +427,18 @@ def test_hsdp_shard_with_a_surviving_copy_is_written_by_it(tmp_path):
                       Survey={"checkfree_plus": False, "periodic": False, "pipeline": False})
     [prep] = [w.job for w in of(cmds, C.Work) if isinstance(w.job, C.Prepare)]
     assert prep.nstripes == {0: 2, 1: 1}
+
+
+def test_a_writer_that_moved_on_is_asked_again_not_dropped(tmp_path):
+    # The launcher died, its ranks train on: the step they answered is gone by the SNAPSHOT.
+    job = Job(tmp_path, world=2)
+    cmds = job.answer(job.answer(job.states(job.fail(1))))
+    snap = next(s for s in of(cmds, C.Send) if s.type is Msg.SNAPSHOT)
+    cmds = job.feed(R.SnapshotDone(0, {"id": snap.body["id"], "stripe": 0, "ok": False,
+                                       "error": "step mismatch: rank has completed 6, asked for 5"}))
+    assert [s.rank for s in of(cmds, C.Send) if s.type is Msg.QUERY] == [0]
+    cmds = job.answer(job.states(cmds, completed=6))      # the survey is kept: prepare only
+    [again] = [s for s in of(cmds, C.Send) if s.type is Msg.SNAPSHOT]
+    assert again.body["step"] == 6 and again.body["id"] != snap.body["id"]
+    cmds = job.write_all(cmds)
+    assert of(cmds, C.StopJob)                     # written: the run goes on as usual

@@ -73,6 +73,14 @@ class _Shard:
     dead: set[int] = field(default_factory=set)
 
 
+MAX_REQUERIES = 3      # a writer that moved on past the asked step: query again, this often
+
+
+def _moved_on(error: Any) -> bool:
+    """The agent's refusal of a SNAPSHOT whose step its rank has already passed."""
+    return isinstance(error, str) and error.startswith("step mismatch")
+
+
 @dataclass(frozen=True)
 class Limits:
     query_timeout_s: float
@@ -117,6 +125,7 @@ class SnapshotRun:
         self._next_token = 0
         self._cause: Cause | None = None
         self._fallback_reason = ""
+        self._requeries = 0
 
     # -- inputs --------------------------------------------------------------------------
     def start(self, now: float) -> list[Any]:
@@ -157,6 +166,12 @@ class SnapshotRun:
         if body.get("ok"):
             del shard.pending[stripe]
             shard.done[stripe] = body
+        elif _moved_on(body.get("error")) and self._requeries < MAX_REQUERIES:
+            # A healthy rank still training (the launcher died, its ranks did not) finished
+            # another step since it answered: its state is fine, the step is stale. Ask again.
+            self._requeries += 1
+            self._requery(now)
+            return self._take()
         else:
             self._note(parse(body.get("error")), rank)
             shard.dead.add(rank)
@@ -385,6 +400,18 @@ class SnapshotRun:
 
     def _give_up(self, reason: str) -> None:
         self._finish(Outcome(protected=True, gave_up=reason, reason=reason, cause=self._cause))
+
+    def _requery(self, now: float) -> None:
+        self._emit("snapshot_requested", echo=False, rank=None, step=self._step,
+                   detail=f"a writer finished another step since it answered: asking again "
+                          f"({self._requeries} of {MAX_REQUERIES})")
+        asked = sorted(self._asked)
+        self._asked, self._answers, self._shards = set(), {}, {}
+        self._step, self._id, self.phase = None, "", Phase.QUERYING
+        for r in asked:
+            if self.ranks[r].connected:
+                self._query(r)
+        self._deadline = now + self.limits.query_timeout_s
 
     # -- plumbing ------------------------------------------------------------------------
     def _query(self, rank: int) -> None:
