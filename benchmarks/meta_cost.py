@@ -2,7 +2,7 @@
 boundary (Adam + a scheduler), encoded as jitc-meta/1 (jitc/snapshot/meta.py) against
 ``pickle.dumps`` of the same dict, and the decode at resume against ``pickle.loads``.
 
-    python benchmarks/meta_cost.py [--n 20000]
+    python benchmarks/meta_cost.py [--n 20000] [--sharding-entries 900]
 
 Prints one line per scheduler (best of 7 repeats, µs per call) and writes
 benchmarks/results/meta_cost.json.
@@ -41,7 +41,18 @@ def session(kind: str) -> SimpleNamespace:
         opt.step()
         sched.step()
     return SimpleNamespace(optimizer=opt, scheduler=sched, extra_state={}, num_stages=1,
+                           stage=0, pipeline=False, checkfree_plus=False, _frozen=None,
                            _has_scalar_state=False, seed=0, _recorded={"grad_norm": 1.25})
+
+
+def sharding_record(entries: int) -> dict:
+    """An FSDP job's meta ``sharding`` record of this many DTensor entries (jitc/sharding.py)."""
+    return {"mesh_shape": [2, 2], "mesh_dim_names": ["replicate", "shard"], "coordinate": [1, 1],
+            "shard": 1, "num_shards": 2,
+            "tensors": {f"model.layers.{i}.w": {"global_shape": [1024, 1024],
+                                                "placements": ["R", "S(0)"], "offset": [512, 0],
+                                                "local_shape": [512, 1024]}
+                        for i in range(entries)}}
 
 
 def best(fn, n: int) -> float:
@@ -51,6 +62,7 @@ def best(fn, n: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--sharding-entries", type=int, default=900)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "meta_cost.json"))
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -74,6 +86,18 @@ def main() -> None:
               f"{row['encode_us']:4.1f} µs vs pickle.dumps {row['pickle_dumps_us']:4.1f} µs; "
               f"{row['bytes']} vs {row['pickle_bytes']} bytes)  decode {row['decode_us']:4.1f} µs"
               f" vs pickle.loads {row['pickle_loads_us']:4.1f} µs")
+    # FSDP: the sharding record does not change between steps; Session encodes it once.
+    s = session("LambdaLR")
+    record = sharding_record(a.sharding_entries)
+    plain = M.decode(Session._meta(s, 3))
+    s._frozen = M.Frozen("sharding", record)
+    row = {"sharding_entries": a.sharding_entries,
+           "encoded_each_step_us": best(lambda: M.encode({**plain, "sharding": record}), a.n // 100),
+           "frozen_session_meta_us": best(lambda: Session._meta(s, 3), a.n // 100)}
+    rows.append(row)
+    print(f"FSDP sharding record of {a.sharding_entries} entries: encoded each step "
+          f"{row['encoded_each_step_us']:.0f} µs, Session._meta with it frozen "
+          f"{row['frozen_session_meta_us']:.1f} µs")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
 
