@@ -181,6 +181,7 @@ def _fsdp2_rank(rank: int, init: str, out: str, expected: str) -> None:
         assert target["step"] == want["step"]
         assert_same(registered(net, opt), want["tensors"])
         assert opt.param_groups[0]["lr"] == want["lr"]
+        dist.barrier()      # no rank tears gloo down while its peer is still in a collective
     finally:
         dist.destroy_process_group()
 
@@ -241,6 +242,7 @@ def _protected_hsdp_rank(rank: int, init: str, out: str) -> None:
         if rank == 0:
             torch.save({"tensors": want, "lr": opt.param_groups[0]["lr"], "step": 2},
                        Path(out) / "want.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
