@@ -75,7 +75,7 @@ def restore(session) -> tuple[int, Path | None]:
         return 0, None
     meta = snap.state          # decoded by the loader (snapshot/meta.py: never a pickle)
     # This rank's sharding record (FSDP2/HSDP), None for a model without DTensors.
-    live_sharding = getattr(session, "_sharding_record", None)
+    live_sharding = getattr(session, "sharding_record", None)
     saved_sharding = meta.get("sharding")
     sharding.check(saved_sharding, live_sharding, path)
     _check_same_model(session, snap, path)

@@ -69,8 +69,7 @@ class Session:
         # copies; stage/num_stages carry them (the shim's HELLO shard/num_shards), but no
         # stage layout records are written: a lost shard is never rebuilt by CheckFree.
         self.sharding = sharding.detect(st.unwrap(model), self.rank, self.world_size)
-        self._sharding_record: dict | None = None
-        self._frozen: meta_record.Frozen | None = None
+        self._frozen: meta_record.Frozen | None = None   # the sharding record, encoded once
         if self.sharding is not None:
             if self.pipeline:
                 raise JitcError("protect(stage=, num_stages=) with a sharded (fully_shard) "
@@ -137,8 +136,7 @@ class Session:
         check(lib.jitc_registry_commit(), "jitc_registry_commit")
         self._registered = items   # keeps every registered tensor alive
         if self.sharding is not None:
-            self._sharding_record = sharding.record(self.sharding, items)
-            self._frozen = meta_record.Frozen("sharding", self._sharding_record)
+            self._frozen = meta_record.Frozen("sharding", sharding.record(self.sharding, items))
         self._opt_state_size = st.optimizer_state_size(self.optimizer)
         self._has_scalar_state = bool(st.optimizer_scalars(self.optimizer)["per_param"])
 
@@ -161,6 +159,11 @@ class Session:
         print(f"jitc: mesh {list(layout_.mesh_shape)} shards the model with no copies: a "
               f"failed rank takes its shard's only copy, so only {net} protects this run",
               file=sys.stderr, flush=True)
+
+    @property
+    def sharding_record(self) -> dict | None:
+        """This rank's meta ``sharding`` record (FSDP), as every snapshot of it holds."""
+        return self._frozen.value if self._frozen is not None else None
 
     def _meta(self, completed: int) -> bytes:
         optim = st.optimizer_scalars(self.optimizer) if self._has_scalar_state else {

@@ -207,7 +207,7 @@ class Supervisor:
             elif isinstance(cmd, C.Work) and isinstance(cmd.job, QUICK_WORK):
                 # A few stats and mkdirs: at once, so the SNAPSHOT follows the answers by
                 # one pass (a rank still training moves on while a thread is scheduled).
-                self._feed(work.attempt(cmd.job, cmd.token, self.opts.snapshot_root.resolve()), now)
+                self._feed(work.attempt(cmd.job, cmd.token, self.worker.root), now)
             elif isinstance(cmd, C.Work):
                 self.worker.submit(cmd)
             elif isinstance(cmd, C.StartJob):

@@ -378,6 +378,7 @@ def test_the_launcher_exit_is_in_the_no_replica_reason(tmp_path):
 
 def test_a_report_from_another_node_is_just_another_input(tmp_path):
     job = Job(tmp_path, world=4)            # Hello carries node = rank % 2
+    assert [job.p.ranks[r].node for r in range(4)] == [0, 1, 0, 1]
     cmds = job.fail(3)
     assert sorted(s.rank for s in of(cmds, C.Send)) == [0, 1, 2]
 
