@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import env, sharding
+from . import ddp_buckets, env, sharding
 from . import state as st
 from .errors import CorruptSnapshotError, NoSnapshotError
 from .snapshot import layout
@@ -94,6 +94,8 @@ def restore(session) -> tuple[int, Path | None]:
         if name in meta.get("extra", {}):
             obj.load_state_dict(meta["extra"][name])
     session._recorded.update(meta.get("record") or {})
+    if getattr(session, "_buckets", None) is not None:   # a DDP: see ddp_buckets.py
+        session._buckets.saved = meta.get(ddp_buckets.META_KEY)
     if rebuilt:
         from .checkfree.lr import LrRule
         LrRule(float(rebuilt["lr_factor"])).apply(session.optimizer, session.scheduler)

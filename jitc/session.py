@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from . import carried, env, excepthook, private, rank_state, rng, sharding, warmset
+from . import carried, ddp_buckets, env, excepthook, private, rank_state, rng, sharding, warmset
 from . import faults as faults_mod
 from . import limits
 from . import state as st
@@ -84,6 +84,8 @@ class Session:
         self._replica_check = False
         self._keep_failed = False
         self.periodic_every = periodic_every
+        ddp = ddp_buckets.find(model)
+        self._buckets = ddp_buckets.BucketOrder(ddp) if ddp is not None else None
         # State the meta record cannot hold fails now, in one line naming it (MetaError),
         # not at recovery time; and before the shim starts anything.
         self._has_scalar_state = bool(st.optimizer_scalars(self.optimizer)["per_param"])
@@ -111,6 +113,8 @@ class Session:
         if self.resumed_from is not None:
             self._register()
             self._lib.jitc_report_resumed(self.start_step, str(self.resumed_from).encode())
+        if self._buckets is not None:
+            self._buckets.start(self.start_step)   # before the first forward
         self._restore_carried()
         specs = faults_mod.parse_specs([env.get(env.INJECT, "")])
         self._injector = faults_mod.Injector(specs, self.rank, self.attempt, self._announce)
@@ -177,6 +181,8 @@ class Session:
         if self.pipeline:
             meta["pipeline"] = {"stage": self.stage, "num_stages": self.num_stages,
                                 "checkfree_plus": self.checkfree_plus}
+        if self._buckets is not None and self._buckets.order is not None:
+            meta[ddp_buckets.META_KEY] = self._buckets.order
         if self._recorded:
             # float() here, at the step boundary, not inside the step: a GPU norm is read
             # back once per step, after the optimizer step was queued.
@@ -351,6 +357,8 @@ class Session:
     def _begin(self, step: int) -> None:
         # Order matters (I1): the meta for `step` is handed over while the window of the
         # previous optimizer step is still open, then step_begin closes it.
+        if self._buckets is not None and step > self.start_step:
+            self._buckets.settle()   # the first backward's order, in this step's meta
         check(self._set_meta(step), "jitc_set_meta")
         self._keep(step, provisional=False)
         check(self._lib.jitc_step_begin(step), "jitc_step_begin")
