@@ -29,16 +29,21 @@ _SAFE_WITH_VALUE = frozenset({
 _SAFE_FLAGS = frozenset({"--standalone", "--no-python", "--module", "-m", "--run-path"})
 
 
-def multi_node_reason(command: tuple[str, ...], environ: dict[str, str]) -> str | None:
-    """Why ``command`` may run on more than one node (one line), or None when it cannot
-    (not torchrun, or torchrun with one node)."""
+def parse_torchrun(command: tuple[str, ...], environ: dict[str, str]):
+    """torchrun's own reading of ``command`` (its argparse namespace) when the command runs
+    torchrun with options that may span nodes; None when it does not run torchrun, surely
+    runs on one node (decided without importing torch), or torchrun would reject it."""
     launcher = _torchrun_args(command, environ)
     if launcher is None or _surely_one_node(launcher, environ):
         return None
-    args = _parse(launcher, environ)
-    if args is None:
-        return None            # torchrun itself will reject the command line
-    if getattr(args, "standalone", False):
+    return _parse(launcher, environ)
+
+
+def multi_node_reason(command: tuple[str, ...], environ: dict[str, str]) -> str | None:
+    """Why ``command`` may run on more than one node (one line), or None when it cannot
+    (not torchrun, or torchrun with one node)."""
+    args = parse_torchrun(command, environ)
+    if args is None or getattr(args, "standalone", False):
         return None
     nnodes = str(args.nnodes)
     try:
