@@ -84,9 +84,18 @@ def export_dcp_cmd(snapshot: Path, out: Path) -> int:
               help="Fault to inject: KIND@rank=R,step=S[,phase=P][,attempt=A] (repeatable).")
 @click.option("--lib", type=click.Path(path_type=Path), default=None,
               help="libjitc.so to preload (default: the installed one; JITC_LIB overrides).")
+@click.option("--coord-port", type=int, default=None,
+              help="Several nodes: the port of the supervisors' store on the rendezvous host "
+                   "(default: the rendezvous port + 1).")
+@click.option("--node-timeout", type=float, default=5.0, show_default=True,
+              help="Several nodes: seconds without a node's heartbeat before it is lost.")
+@click.option("--join-timeout", type=float, default=120.0, show_default=True,
+              help="Several nodes: seconds for every node to join (at the start, and after a "
+                   "node was lost) before the job stops.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, snapshot_timeout,
-                  no_standby, injects, lib, command) -> int:
+                  no_standby, injects, lib, coord_port, node_timeout, join_timeout,
+                  command) -> int:
     """Run COMMAND (e.g. torchrun ...) under the jitc supervisor:
 
     jitc supervise [OPTIONS] -- COMMAND...
@@ -100,12 +109,8 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
 
     if not command:
         raise UsageError("missing COMMAND (usage: jitc supervise [OPTIONS] -- COMMAND...)")
-    from .supervisor.nodes import multi_node_reason
-    many = multi_node_reason(tuple(command), dict(os.environ))
-    if many is not None:
-        raise UsageError(f"{many}: multi-node jobs are not supported yet (each node's "
-                         "supervisor would recover on its own and resume inconsistent "
-                         "state); run on one node")
+    from .supervisor.cluster.topology import topology_of
+    topology = topology_of(tuple(command), dict(os.environ), coord_port)
     check_command(command)
     specs = tuple(parse_specs(list(injects)))
     if lib is None:
@@ -122,7 +127,8 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
     opts = Options(command=tuple(command), run_dir=run_dir, lib=lib.resolve(), injects=specs,
                    max_restarts=max_restarts, hang_timeout_s=hang_timeout,
                    grace_s=grace, restart_grace_s=restart_grace,
-                   snapshot_timeout_s=snapshot_timeout, standby=not no_standby)
+                   snapshot_timeout_s=snapshot_timeout, standby=not no_standby,
+                   topology=topology, node_timeout_s=node_timeout, join_timeout_s=join_timeout)
     result = Supervisor(opts).run()
     return int(result.exit_code)
 

@@ -19,12 +19,18 @@ from ..causes import describe
 NAMES = frozenset({
     "start", "fault_injected", "failure_detected", "snapshot_requested", "snapshot_done",
     "stage_rebuilt", "job_stopped", "restart", "resumed", "finished", "gave_up",
+    "node_joined", "node_lost", "state_fetched",
 })
 
 
-def _where(rec: dict[str, Any]) -> str:
-    rank = rec.get("rank")
+def _who(rec: dict[str, Any]) -> str:
+    rank, node = rec.get("rank"), rec.get("node")
     who = "job" if rank is None else f"rank {rank}"
+    return who if node is None else f"{who} on node {node}"
+
+
+def _where(rec: dict[str, Any]) -> str:
+    who = _who(rec)
     step = rec.get("step")
     return who if step is None else f"{who} at step {step}"
 
@@ -48,14 +54,13 @@ def format_line(rec: dict[str, Any], t0: float) -> str:
     ev = rec["event"]
     kind = rec.get("kind")
     if ev == "start":
-        text = f"started pid {rec.get('pid')}" + (
+        text = (f"node {rec['node']}: " if rec.get("node") is not None else "") + \
+            f"started pid {rec.get('pid')}" + (
             f", resuming from {rec['resume']}" if rec.get("resume") else "")
     elif ev == "fault_injected":
         text = f"injected {kind} into {_where(rec)}"
     elif ev == "failure_detected":
-        rank = rec.get("rank")
-        who = "job" if rank is None else f"rank {rank}"
-        text = f"{who} {kind}" + (f" at step {rec['step']}" if rec.get("step") is not None else "")
+        text = f"{_who(rec)} {kind}" + (f" at step {rec['step']}" if rec.get("step") is not None else "")
         detail = rec.get("signal") or rec.get("error") or (
             f"exit code {rec['exit_code']}" if rec.get("exit_code") is not None else None)
         if detail:
@@ -98,6 +103,14 @@ def format_line(rec: dict[str, Any], t0: float) -> str:
         text = "finished"
     elif ev == "gave_up":
         text = f"gave up: {rec.get('reason')}"
+    elif ev == "node_joined":
+        text = f"node {rec.get('node')} joined" + (
+            f" (again: {rec['detail']})" if rec.get("detail") else "")
+    elif ev == "node_lost":
+        text = f"node {rec.get('node')} lost: {rec.get('reason')}"
+    elif ev == "state_fetched":
+        text = (f"fetched {_size(rec.get('bytes') or 0)} of snapshot state from node "
+                f"{rec.get('source')} in {rec.get('seconds', 0):.2f}s")
     else:
         text = ev
     return f"jitc: [{rec['ts'] - t0:7.2f}s] attempt {rec['attempt']}: {text}"

@@ -9,6 +9,7 @@ and cleans up. The state machine is ``state.State``, owned by the planner.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import selectors
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .. import env, private
-from ..causes import from_oserror
+from ..causes import Cause, from_oserror
 from ..errors import UsageError
 from ..faults import join_specs
 from ..protocol import Message, Msg
@@ -66,7 +67,10 @@ class Supervisor:
         self.opts = opts
         self.stream = stream
         self.clock = clock
-        self.planner = Planner(opts)
+        # Who decides: this node's planner, or on several nodes the head's (cluster/).
+        self.planner: Planner | None = Planner(opts) if opts.topology is None else None
+        self.brain: Any = self.planner
+        self.cluster: Any = None
         self.result: RunResult | None = None
         self.interrupted: int | None = None      # signal number, set by the handler
         self.events: EventLog | None = None
@@ -82,18 +86,19 @@ class Supervisor:
         self.run_dir_watch: RunDirWatch | None = None
         self._next_dir_check = 0.0
         self._told_interrupt = False
+        self._fetching: C.StartJob | None = None
         self._wall_offset = time.time() - clock()
 
     @property
     def state(self) -> State:
-        return self.planner.state
+        return self.brain.state
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> RunResult:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._setup()
-            self._carry_out(self.planner.begin())
+            self._carry_out(self.brain.begin(self.clock()))
             while self.result is None:
                 try:
                     self._run_once(self.clock())
@@ -111,6 +116,8 @@ class Supervisor:
                 self.server.close()
             if self.worker is not None:
                 self.worker.close()
+            if self.cluster is not None:
+                self.cluster.close()
             if self.events is not None:
                 self.events.close()
             for s, handler in old.items():
@@ -128,6 +135,11 @@ class Supervisor:
         self.sel.register(self.worker, selectors.EVENT_READ, "work")
         self.run_dir_watch = RunDirWatch(self.opts.run_dir)
         become_subreaper()
+        if self.opts.topology is not None:
+            from .cluster.node import join
+            self.cluster = join(self.opts, self.opts.snapshot_root.resolve(), self._say)
+            self.brain = self.cluster.brain
+            self.sel.register(self.brain, selectors.EVENT_READ, "brain")
         if self.opts.standby:
             self.standby_plan = plan(self.opts.command, self._child_env(0, None))
 
@@ -143,7 +155,7 @@ class Supervisor:
             self.interrupted = signum
 
     def _result(self, code: ExitCode, message: str) -> RunResult:
-        p = self.planner
+        p = self.brain
         return RunResult(code, p.attempt + 1, message, p.root_history, p.resume)
 
     # -- one pass --------------------------------------------------------------------------
@@ -167,7 +179,12 @@ class Supervisor:
                 exited = key.data
             elif key.data == "work":
                 for done in self.worker.drain():
-                    self._feed(done, now)
+                    if done.token < 0:       # the shell's own: a start's state transfer
+                        self._fetched(done)
+                    else:
+                        self._feed(done, now)
+            elif key.data == "brain":
+                self._carry_out(self.brain.drain(now), now)
             else:
                 self._read(key.data, now)
             if self.result is not None:
@@ -186,11 +203,11 @@ class Supervisor:
             reap_orphans(self.job.pid if self.job else None)
         if self.result is None:
             rc = self.job.returncode if self.job is not None else None
-            self._carry_out(self.planner.tick(now, launcher_rc=rc), now)
+            self._carry_out(self.brain.tick(now, launcher_rc=rc), now)
 
     def _feed(self, report: Any, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        self._carry_out(self.planner.feed(report, now), now)
+        self._carry_out(self.brain.feed(report, now), now)
 
     # -- commands --------------------------------------------------------------------------
     def _carry_out(self, commands: list[Any], now: float | None = None) -> None:
@@ -244,6 +261,27 @@ class Supervisor:
         return child_env
 
     def _start_job(self, cmd: C.StartJob) -> None:
+        if cmd.fetch:
+            # Shards published on other nodes first (cluster/transfer.py), off the loop.
+            self._fetching = cmd
+            self.worker.submit(C.Work(-1 - cmd.attempt, cmd))
+            return
+        self._start_now(cmd)
+
+    def _fetched(self, done: R.WorkDone) -> None:
+        cmd, self._fetching = self._fetching, None
+        if cmd is None or done.token != -1 - cmd.attempt:
+            return                # the job was stopped meanwhile: nothing to start
+        if done.error is not None:
+            self._feed(R.StartFailed(done.cause or Cause(
+                f"fetching the snapshot's state from another node failed: {done.error}")))
+            return
+        r = done.result
+        self.events.emit("state_fetched", cmd.attempt, bytes=r["bytes"], files=r["files"],
+                         seconds=round(r["seconds"], 6), source=r["sources"])
+        self._start_now(dataclasses.replace(cmd, fetch=()))
+
+    def _start_now(self, cmd: C.StartJob) -> None:
         child_env = self._child_env(cmd.attempt, cmd.resume)
         popen, self.standby = (self.standby.go(child_env) if self.standby else None), None
         try:
@@ -256,6 +294,7 @@ class Supervisor:
         _warm_up_snapshot_module()
         self._prepare_standby(cmd.attempt, cmd.resume)
         self.events.emit("start", cmd.attempt, pid=self.job.pid, command=list(self.opts.command),
+                         node=self.cluster.channel.node if self.cluster is not None else None,
                          run_dir=str(self.opts.run_dir), socket=str(self.server.path),
                          resume=str(cmd.resume) if cmd.resume else None,
                          inject=[str(s) for s in self.opts.injects] or None,
@@ -266,7 +305,7 @@ class Supervisor:
         """Start the next attempt's launcher warming up beside the job just started (its
         warm-up thread runs at a low priority), if a restart is left."""
         if (self.standby is None and self.standby_plan is not None
-                and self.planner.policy.allows_restart(attempt)):
+                and self.brain.allows_restart(attempt)):
             try:
                 self.standby = Standby(self.standby_plan, self._child_env(attempt, resume),
                                        child_setup(os.getpid()))
@@ -277,6 +316,7 @@ class Supervisor:
     def _stop_job(self, cmd: C.StopJob) -> R.JobStopped:
         """Stop the job; ``published``: its snapshot is on disk, nothing of it is needed
         and the restart waits on the stop (torchrun alone takes ~0.5 s over a SIGTERM)."""
+        self._fetching = None
         if self.job is None:
             return R.JobStopped(0.0, None, [], [])
         for conn in list(self.rank_conn.values()):
@@ -296,7 +336,7 @@ class Supervisor:
                 self.sel.unregister(key.data)
                 key.data.close()
         self.rank_conn.clear()
-        attempt = self.planner.attempt
+        attempt = self.brain.attempt
         self.events.emit("job_stopped", attempt, seconds=round(report.seconds, 6),
                          exit_code=self.job.returncode, root_cause=cmd.root_cause,
                          kind=cmd.kind, killed=report.killed or None,
@@ -325,7 +365,7 @@ class Supervisor:
         """Who may say what on this connection is checked here (bodies are well typed:
         protocol.decode); what it means is the planner's."""
         body = msg.body
-        ranks = self.planner.ranks
+        ranks = self.brain.ranks
         if msg.type is Msg.HELLO:
             why = hello_refusal(conn, body, self.rank_conn, ranks)
             if why is not None:
@@ -364,7 +404,7 @@ class Supervisor:
         if mtype is Msg.RESUMED:
             return R.Resumed(rank, body.get("step"), body.get("manifest"))
         if mtype is Msg.STATE:
-            shard = self.planner.ranks[rank].shard
+            shard = self.brain.ranks[rank].shard
             if body.get("shard") is not None and body["shard"] != shard:
                 return (f"STATE of rank {rank} names shard {body['shard']}, "
                         f"its HELLO said {shard}")

@@ -1,9 +1,4 @@
-"""How many machines a command's job may span, as far as the supervisor can tell.
-
-Why: ``jitc supervise`` sees one node. Two supervisors each recovering their own node of
-one torchrun job (each resumes from whatever its own ranks hold) finish with exit 0 and
-weights that differ from a fault-free run. Until the supervisors of a job coordinate, a
-command whose rendezvous can admit a second node is refused before anything starts.
+"""What a command's launcher says, as torchrun itself reads it (cluster/topology.py asks).
 
 The authority on what a torchrun command means is torchrun's own parser (it reads
 ``PET_*`` variables as defaults and accepts abbreviated options). Importing it costs the
@@ -37,25 +32,6 @@ def parse_torchrun(command: tuple[str, ...], environ: dict[str, str]):
     if launcher is None or _surely_one_node(launcher, environ):
         return None
     return _parse(launcher, environ)
-
-
-def multi_node_reason(command: tuple[str, ...], environ: dict[str, str]) -> str | None:
-    """Why ``command`` may run on more than one node (one line), or None when it cannot
-    (not torchrun, or torchrun with one node)."""
-    args = parse_torchrun(command, environ)
-    if args is None or getattr(args, "standalone", False):
-        return None
-    nnodes = str(args.nnodes)
-    try:
-        most = int(nnodes.split(":")[-1])
-    except ValueError:
-        return None            # torchrun rejects it at start
-    if most <= 1:
-        return None
-    how = f"--nnodes {nnodes}"
-    if str(getattr(args, "rdzv_backend", "static")) != "static":
-        how += f" with the {args.rdzv_backend} rendezvous"
-    return f"torchrun {how} can span several nodes"
 
 
 def _torchrun_args(command: tuple[str, ...], environ: dict[str, str]) -> list[str] | None:

@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from ..faults import FaultSpec
@@ -50,6 +51,11 @@ class Options:
     kill_wait_s: float = 5.0                    # after SIGKILL, wait this long for the exit
     standby: bool = True                        # --no-standby: every restart starts cold
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Several nodes (cluster/): what the torchrun command says of them (None: one node),
+    # and how long a node may stay silent / a node may take to (re)join.
+    topology: Any = None
+    node_timeout_s: float = 5.0                 # --node-timeout: heartbeat silence -> lost
+    join_timeout_s: float = 120.0               # --join-timeout: every node there by then
     limits: Limits = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,7 +68,8 @@ class Options:
             raise UsageError("missing COMMAND (usage: jitc supervise [OPTIONS] -- COMMAND...)")
         if self.max_restarts < 0:
             raise UsageError(f"--max-restarts must be >= 0, got {self.max_restarts}")
-        for name in ("restart_grace_s", "settle_s", "query_timeout_s", "tick_s", "kill_wait_s"):
+        for name in ("restart_grace_s", "settle_s", "query_timeout_s", "tick_s", "kill_wait_s",
+                     "node_timeout_s", "join_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UsageError(f"{name} must be a positive number of seconds, got {value}")

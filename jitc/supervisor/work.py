@@ -10,6 +10,7 @@ when the supervisor starts (loop.py warms jitc.snapshot up in the background).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -47,8 +48,11 @@ def run_job(job: Any, root: Path) -> Any:
         return {"base": base, "id": base.name.removeprefix("snap-"), "dirs": dirs, "files": files}
     if isinstance(job, C.Publish):
         from ..snapshot import publish
-        return {"manifests": {s: Path(publish(d, world_size=job.world_size))
-                              for s, d in job.dirs.items()}}
+        manifests = {s: Path(publish(d, world_size=job.world_size)) for s, d in job.dirs.items()}
+        # What a node fetching the shard checks the manifest it receives against.
+        return {"manifests": manifests,
+                "digests": {s: hashlib.sha256(m.read_bytes()).hexdigest()
+                            for s, m in manifests.items()}}
     if isinstance(job, C.Rebuild):
         from .stages import rebuild_stage
         manifest, result = rebuild_stage(job.action, job.base, root, job.step, job.world_size)
@@ -57,6 +61,8 @@ def run_job(job: Any, root: Path) -> Any:
         return {"resume": layout.write_index(job.base, job.manifests, job.world_size)}
     if isinstance(job, C.FindFallback):
         return find_fallback(root, job.num_shards)
+    if isinstance(job, C.StartJob):          # several nodes: what this one lacks, first
+        return fetch_all(job.fetch, root)
     raise TypeError(f"unknown work {job!r}")
 
 
@@ -76,8 +82,26 @@ def find_fallback(root: Path, num_shards: int) -> dict[str, Any] | None:
     manifest = Path(found)
     if manifest.is_dir():
         manifest = layout.manifest_path(manifest)
-    first = layout.read_index(manifest)[0] if manifest.name == layout.INDEX else manifest
-    return {"manifest": manifest, "step": _step_of(first)}
+    shards = layout.read_index(manifest) if manifest.name == layout.INDEX else {0: manifest}
+    # Where its shards lie and what their manifests hash to: a node that lacks them
+    # fetches them from this one (cluster/router.py).
+    return {"manifest": manifest, "step": _step_of(shards[min(shards)]),
+            "dirs": {s: m.parent for s, m in shards.items()},
+            "digests": {s: hashlib.sha256(m.read_bytes()).hexdigest() for s, m in shards.items()}}
+
+
+def fetch_all(specs: tuple[C.Fetch, ...], root: Path) -> dict[str, Any]:
+    """Fetch each shard from the node that holds it, verified (cluster/transfer.py)."""
+    import time
+
+    from .cluster.transfer import fetch_shard
+    t0, nbytes, files = time.monotonic(), 0, 0
+    for f in specs:
+        got = fetch_shard((f.host, f.port), bytes.fromhex(f.token), root,
+                          f.dir.relative_to(root).as_posix(), f.sha256)
+        nbytes, files = nbytes + got.bytes, files + got.files
+    return {"bytes": nbytes, "files": files, "seconds": time.monotonic() - t0,
+            "sources": sorted({f"{f.host}:{f.port}" for f in specs})}
 
 
 def _step_of(path: Path) -> int | None:
@@ -100,7 +124,8 @@ def attempt(job: Any, token: int, root: Path) -> WorkDone:
 
 
 def _verb(job: Any) -> str:
-    return {C.Prepare: "mkdir", C.Publish: "publish", C.Seal: "publish"}.get(type(job), "read")
+    return {C.Prepare: "mkdir", C.Publish: "publish", C.Seal: "publish",
+            C.StartJob: "fetch"}.get(type(job), "read")
 
 
 class Worker:

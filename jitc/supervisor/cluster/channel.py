@@ -169,9 +169,11 @@ class Channel:
         """Head: how many heartbeats came from each node, itself included; members: {}."""
         return dict(self._beats) if self.is_head else {}
 
-    def close(self) -> None:
+    def close(self, farewell: dict | None = None) -> None:
         """Stop both threads within op_timeout_s + UNSTICK_S; the head's store stops
-        with it, and the members see ``lost``."""
+        with it, and the members see ``lost``. ``farewell``: a last message for the head,
+        pushed once this node's threads are out of the store (a head that closes its
+        store on it then finds no call of this node waiting on it)."""
         if self._closed:
             return
         self._closed = True
@@ -186,6 +188,10 @@ class Channel:
             _shut_down(self._sockets)        # a silent store: end the calls stuck on it
             for thread in (self._reader, self._beater):
                 thread.join(UNSTICK_S)
+        elif farewell is not None and self.lost is None and not self.is_head:
+            payload = json.dumps(farewell, separators=(",", ":"), allow_nan=False).encode()
+            with self._send_lock:
+                self._push(self._send_store, 0, payload)
         with self._pipe_lock:
             os.close(self._w)
             self._w = None

@@ -33,9 +33,24 @@ class Emit:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """A published shard this node lacks: ``dir`` (under the snapshot root) from the file
+    server at ``host``:``port`` of the node that holds it (``token``: that server's, hex),
+    its manifest's sha256 as published."""
+    dir: Path
+    host: str
+    port: int
+    token: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
 class StartJob:
+    """Start the attempt; on several nodes, each first fetches what it lacks (``fetch``,
+    filled in by the head's router: the planner does not know where files lie)."""
     attempt: int
     resume: Path | None
+    fetch: tuple[Fetch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,10 +99,12 @@ class Prepare:
 
 @dataclass(frozen=True)
 class Publish:
-    """Verify each shard's stripes and publish its manifest."""
+    """Verify each shard's stripes and publish its manifest; ``holders``: shard -> the node
+    whose ranks wrote it (None: this one), where the publishing must happen."""
     base: Path
     dirs: dict[int, Path]
     world_size: int | None
+    holders: dict[int, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

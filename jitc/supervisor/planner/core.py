@@ -69,8 +69,11 @@ class Planner:
         self._checking = False      # ... CheckRunDir sent
 
     # -- the interface -------------------------------------------------------------------
-    def begin(self) -> list[Any]:
+    def begin(self, now: float = 0.0) -> list[Any]:
         return [C.StartJob(self.attempt, self.resume)]
+
+    def allows_restart(self, attempt: int) -> bool:
+        return self.policy.allows_restart(attempt)
 
     def feed(self, report: Any, now: float) -> list[Any]:
         handler = getattr(self, "_on_" + type(report).__name__)
@@ -242,15 +245,18 @@ class Planner:
                        kind=failure.kind, phase=phase_name(failure.phase),
                        severity=failure.severity.value, **failure.extra)
             return
+        node = None
         if failure.rank is not None and failure.rank in self.ranks:
             self.ranks[failure.rank].failed = True
+            node = self.ranks[failure.rank].node
         self.failures.append(failure)
         # Stamped now, written once the root cause is chosen (``_decide``) so that the
         # record itself says whether it is the root cause.
         fields = dict(rank=failure.rank, step=failure.step, kind=failure.kind,
                       phase=phase_name(failure.phase), severity=failure.severity.value,
                       progress=list(failure.progress) if failure.progress is not None else None,
-                      secondary=True if failure.secondary else None, **failure.extra)
+                      secondary=True if failure.secondary else None, node=node,
+                      **failure.extra)
         if self.state is State.RUNNING:
             self.records[id(failure)] = (fields, now)
             self.first_failure_at = now
@@ -284,7 +290,14 @@ class Planner:
                                      "(supervisor backstop)"}), now)
 
     def _settled(self, now: float) -> bool:
-        if now - self.first_failure_at >= self.opts.settle_s:
+        waited = now - self.first_failure_at
+        if (self.opts.topology is not None and waited < self.opts.node_timeout_s + self.opts.settle_s
+                and all(f.secondary for f in self.failures)):
+            # Several nodes, only "a peer failed" so far: the failed rank's report may be on
+            # its way, or its node gone silent (lost after node_timeout_s). Decide on the
+            # root cause, not without it.
+            return False
+        if waited >= self.opts.settle_s:
             return True
         # Early only once every rank of the world has said HELLO: a rank still starting
         # up is not accounted for.

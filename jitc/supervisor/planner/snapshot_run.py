@@ -259,11 +259,21 @@ class SnapshotRun:
                            if isinstance(i.world_size, int)), default=None)
         writing = [s for s in range(num_shards) if plan.method(s).writes]
         for s in writing:
-            self._shards[s] = _Shard(s, None, by_shard[s][self._step])
+            self._shards[s] = _Shard(s, None, self._one_node(by_shard[s][self._step]))
         self.phase = Phase.PREPARING
         self._spawn(C.Prepare(self.attempt, self._step, num_shards,
                               {s: len(self._shards[s].writers) for s in writing}),
                     Phase.PREPARING)
+
+    def _one_node(self, writers: list[int]) -> list[int]:
+        """The writers of one shard on the node that holds most of them (fewest node
+        number on a tie): its stripes then lie on one disk, published there, fetched from
+        there by the nodes that lack it (nothing reads another node's disk)."""
+        by_node: dict[Any, list[int]] = {}
+        for r in writers:
+            by_node.setdefault(self.ranks[r].node, []).append(r)
+        best = min(by_node, key=lambda n: (-len(by_node[n]), -1 if n is None else n))
+        return by_node[best]
 
     def _prepared(self, done: WorkDone, now: float) -> None:
         if done.error is not None:
@@ -329,7 +339,9 @@ class SnapshotRun:
     def _publish(self) -> None:
         self.phase = Phase.PUBLISHING
         self._spawn(C.Publish(self._base, {s: sh.dir for s, sh in self._shards.items()},
-                              self._world), Phase.PUBLISHING)
+                              self._world,
+                              {s: self.ranks[sh.writers[0]].node for s, sh in self._shards.items()}),
+                    Phase.PUBLISHING)
 
     def _published(self, done: WorkDone, now: float) -> None:
         if done.error is not None:
