@@ -74,11 +74,13 @@ def events(run_dir: Path) -> list[dict]:
 class Cluster:
     def __init__(self, tmp: Path, *, nnodes: int = 2, per_node: int = 2, steps: int = 16,
                  busy: float = 0.1, inject: tuple[str, ...] = (), hang_timeout: float = 3.0,
-                 node_timeout: float = 2.0, join_timeout: float = 60.0, extra: tuple = ()):
+                 node_timeout: float = 2.0, join_timeout: float = 60.0, extra: tuple = (),
+                 rdzv: str = "static", script: Path = SCRIPT, script_args: tuple | None = None):
         self.tmp = tmp
         self.nnodes, self.per_node, self.steps, self.busy = nnodes, per_node, steps, busy
         self.inject, self.hang_timeout = inject, hang_timeout
         self.node_timeout, self.join_timeout, self.extra = node_timeout, join_timeout, extra
+        self.rdzv, self.script, self.script_args = rdzv, script, script_args
         self.nodes_dir = tmp / "nodes"
         self.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.out = tmp / "out.pt"
@@ -96,11 +98,20 @@ class Cluster:
                "--node-timeout", str(self.node_timeout), "--join-timeout", str(self.join_timeout)]
         for spec in self.inject:
             cmd += ["--inject", spec]
-        cmd += ["--", str(BIN / "torchrun"), "--nnodes", str(self.nnodes), "--node-rank",
-                str(node), "--master-addr", "127.0.0.1", "--master-port", str(self.port),
-                "--nproc-per-node", str(self.per_node), "--monitor-interval", "0.1",
-                str(SCRIPT), "--steps", str(self.steps), "--busy", str(self.busy),
-                "--save", str(self.out), "--progress", str(self.progress), *self.extra]
+        cmd += ["--", str(BIN / "torchrun"), "--nnodes", str(self.nnodes)]
+        if self.rdzv == "c10d":     # node ranks assigned by the rendezvous, not given
+            cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{self.port}",
+                    "--rdzv-id", "jitc-test"]
+        else:
+            cmd += ["--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port",
+                    str(self.port)]
+        cmd += ["--nproc-per-node", str(self.per_node), "--monitor-interval", "0.1",
+                str(self.script)]
+        if self.script_args is not None:
+            cmd += [*self.script_args, "--save", str(self.out)]
+        else:
+            cmd += ["--steps", str(self.steps), "--busy", str(self.busy), "--save", str(self.out),
+                    "--progress", str(self.progress), *self.extra]
         if not ISOLATED:
             return cmd
         # Every other node's directory: an empty tmpfs in this node's namespace.
@@ -112,6 +123,8 @@ class Cluster:
 
     def start(self, node: int | None = None) -> None:
         for n in ([node] if node is not None else range(self.nnodes)):
+            if n and node is None and self.rdzv == "c10d":
+                time.sleep(0.5)     # node 0 first: the supervisor that hosts the store
             self.logs[n] = self.tmp / f"node{n}.log"
             with open(self.logs[n], "ab") as log:
                 self.procs[n] = subprocess.Popen(self.command(n), env=clean_env(), stdout=log,
