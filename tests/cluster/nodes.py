@@ -169,6 +169,18 @@ class Cluster:
         start = [e for e in self.events(node) if e["event"] == "start"][-1]
         os.kill(start["pid"], signal.SIGKILL)
 
+    def leftovers(self) -> list[int]:
+        """Live processes of this cluster's jobs (their command line names its output)."""
+        mine = str(self.out)
+        found = []
+        for p in psutil.process_iter(["cmdline", "status"]):
+            try:
+                if p.info["status"] != psutil.STATUS_ZOMBIE and mine in (p.info["cmdline"] or []):
+                    found.append(p.pid)
+            except psutil.Error:
+                continue
+        return found
+
     def events(self, node: int) -> list[dict]:
         return events(self.run_dir(node))
 

@@ -165,4 +165,21 @@ def test_the_head_node_lost_ends_every_node_clearly_with_no_orphan(tmp_path, iso
         assert "the head node is gone" in text, c.tail()
         time.sleep(0.5)
         alive = [p.pid for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert not alive, (alive, c.tail())
+        assert not alive and not c.leftovers(), (alive, c.tail())
+
+
+@pytest.mark.parametrize("iso", [ISO])
+def test_a_lost_node_that_does_not_come_back_stops_the_job_with_a_clear_message(tmp_path, iso):
+    with Cluster(tmp_path, steps=200, busy=0.1, join_timeout=5.0) as c:
+        c.start()
+        c.at_step(3)
+        c.kill_node(1)
+        code = c.procs[0].wait(timeout=90)
+        assert code == 1, c.tail()
+        gave_up = c.of(0, "gave_up")
+        assert gave_up and "1 of 2 nodes did not join within 5.0s" in gave_up[-1]["reason"], \
+            c.tail()
+        assert c.of(0, "node_lost")[0]["node"] == 1
+        assert c.of(0, "restart"), c.tail()       # node 0's part was recovered and restarted
+        time.sleep(0.5)
+        assert not c.leftovers(), c.tail()        # no orphan of the job on any node

@@ -144,13 +144,11 @@ class Router:
             self._stopping.discard(node)
             self._maybe_stopped(now)
         self._started.discard(node)
-        self._check_short(now)
 
     def _check_short(self, now: float) -> None:
-        short = len(self.alive()) < self.nnodes
-        if short and self._short_since is None:
-            self._short_since = now
-        elif not short:
+        """The join deadline runs from an attempt's start while a node is missing (a
+        node lost mid-attempt is the planner's failure first) and ends once all are in."""
+        if len(self.alive()) >= self.nnodes:
             self._short_since = None
 
     # -- reports -------------------------------------------------------------------------
@@ -231,7 +229,7 @@ class Router:
                 for n in self.alive():
                     self._to(n, cmd)
             elif isinstance(cmd, C.StartJob):
-                self._start_all(cmd)
+                self._start_all(cmd, now)
             elif isinstance(cmd, C.StopJob):
                 self._stopping = set(self.alive())
                 self._stopped = []
@@ -248,8 +246,10 @@ class Router:
         else:
             self.remote.append((node, cmd))
 
-    def _start_all(self, cmd: C.StartJob) -> None:
+    def _start_all(self, cmd: C.StartJob, now: float) -> None:
         self._start, self._started, self._start_fed = cmd, set(), False
+        if len(self.alive()) < self.nnodes:
+            self._short_since = now
         self._exits, self._exit_fed, self.launcher_rc = {}, False, None
         for n in self.alive():
             self._start_on(n)
