@@ -87,18 +87,21 @@ def find_fallback(root: Path, num_shards: int) -> dict[str, Any] | None:
     # fetches them from this one (cluster/router.py).
     return {"manifest": manifest, "step": _step_of(shards[min(shards)]),
             "dirs": {s: m.parent for s, m in shards.items()},
-            "digests": {s: hashlib.sha256(m.read_bytes()).hexdigest() for s, m in shards.items()}}
+            "digests": {s: hashlib.sha256(m.read_bytes()).hexdigest() for s, m in shards.items()},
+            "index_sha256": (hashlib.sha256(manifest.read_bytes()).hexdigest()
+                             if manifest.name == layout.INDEX else None)}
 
 
 def fetch_all(specs: tuple[C.Fetch, ...], root: Path) -> dict[str, Any]:
     """Fetch each shard from the node that holds it, verified (cluster/transfer.py)."""
     import time
 
-    from .cluster.transfer import fetch_shard
+    from .cluster.transfer import fetch_index, fetch_shard
     t0, nbytes, files = time.monotonic(), 0, 0
     for f in specs:
-        got = fetch_shard((f.host, f.port), bytes.fromhex(f.token), root,
-                          f.dir.relative_to(root).as_posix(), f.sha256)
+        fetch = fetch_index if f.index else fetch_shard
+        got = fetch((f.host, f.port), bytes.fromhex(f.token), root,
+                    f.dir.relative_to(root).as_posix(), f.sha256)
         nbytes, files = nbytes + got.bytes, files + got.files
     return {"bytes": nbytes, "files": files, "seconds": time.monotonic() - t0,
             "sources": sorted({f"{f.host}:{f.port}" for f in specs})}

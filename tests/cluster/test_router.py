@@ -229,3 +229,24 @@ def test_publish_runs_where_the_shard_was_written(tmp_path):
     assert 7 not in j.router._fanouts
     located = j.router._located[ROOT / "s"]
     assert located[0].node == 1 and located[1].node == 0 and located[0].sha256 == "y"
+
+
+def test_a_fallback_found_on_one_node_is_fetched_by_the_others_index_last(tmp_path):
+    j = Job(tmp_path)
+    j.start()
+    cmd = C.Work(9, C.FindFallback(2))
+    j.router._route([cmd], 0.0)
+    j.router._take(), j.remote()
+    stages = ROOT / "snap-p-s8-stages"
+    j.router.report(0, R.WorkDone(9, None), 1.0)          # node 0 has nothing
+    j.router.report(1, R.WorkDone(9, {
+        "manifest": stages / "snapshot.json", "step": 8,
+        "dirs": {0: stages / "shard-0", 1: stages / "shard-1"},
+        "digests": {0: "d0", 1: "d1"}, "index_sha256": "ix"}), 1.0)
+    j.router._route([C.StartJob(1, stages / "snapshot.json")], 2.0)
+    (start0,) = of(j.router._take(), C.StartJob)
+    # node 0's ranks hold shard 0 (their HELLO said): that shard, then the index
+    assert start0.fetch == (C.Fetch(stages / "shard-0", *FILES[1], "d0"),
+                            C.Fetch(stages, *FILES[1], "ix", index=True))
+    (start1,) = of(j.remote(1), C.StartJob)
+    assert start1.fetch == ()

@@ -80,6 +80,8 @@ class Router:
         self._local: list[Any] = []
         self._fanouts: dict[int, _Fanout] = {}
         self._located: dict[Path, dict[int, Located]] = {}   # snapshot dir -> its shards
+        # A fallback's index of shards, where it lies (a JIT snapshot's is sealed on every node).
+        self._indexes: dict[Path, Located] = {}
         self._start: C.StartJob | None = None        # the attempt's start, for late joiners
         self._started: set[int] = set()              # nodes told to start this attempt
         self._start_fed = False
@@ -279,6 +281,11 @@ class Router:
                 continue                 # the start fails on that node, which says why
             host, port, token = holder.files
             out.append(C.Fetch(where.dir, host, port, token, where.sha256))
+        index = self._indexes.get(resume.parent)
+        holder = self.nodes.get(index.node) if index is not None else None
+        if index is not None and index.node != node and holder is not None and holder.files:
+            host, port, token = holder.files
+            out.append(C.Fetch(resume.parent, host, port, token, index.sha256, index=True))
         return tuple(out)
 
     def _work(self, cmd: C.Work, now: float) -> None:
@@ -344,9 +351,12 @@ class Router:
                 return R.WorkDone(token, None)
             node, best = max(found, key=lambda x: ((x[1].get("step") or -1), x[0] == self.me))
             dirs = best.get("dirs") or {}
-            self._located[Path(best["manifest"]).parent] = {
+            where = Path(best["manifest"]).parent
+            self._located[where] = {
                 int(s): Located(node, d, (best.get("digests") or {}).get(s))
                 for s, d in dirs.items()}
+            if best.get("index_sha256"):
+                self._indexes[where] = Located(node, where, best["index_sha256"])
             return R.WorkDone(token, best)
         mine = results.get(self.me) or next(iter(results.values()))
         return mine

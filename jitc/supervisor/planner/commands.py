@@ -36,12 +36,14 @@ class Emit:
 class Fetch:
     """A published shard this node lacks: ``dir`` (under the snapshot root) from the file
     server at ``host``:``port`` of the node that holds it (``token``: that server's, hex),
-    its manifest's sha256 as published."""
+    its manifest's sha256 as published. ``index``: ``dir`` is a snapshot's directory and
+    what is fetched its index of shards (``sha256`` the index's), after the shards."""
     dir: Path
     host: str
     port: int
     token: str
     sha256: str | None
+    index: bool = False
 
 
 @dataclass(frozen=True)
