@@ -10,6 +10,7 @@ tests/cluster``); each takes ~30 s.
 """
 from __future__ import annotations
 
+import signal
 import time
 
 import psutil
@@ -183,3 +184,20 @@ def test_a_lost_node_that_does_not_come_back_stops_the_job_with_a_clear_message(
         assert c.of(0, "restart"), c.tail()       # node 0's part was recovered and restarted
         time.sleep(0.5)
         assert not c.leftovers(), c.tail()        # no orphan of the job on any node
+
+
+@pytest.mark.parametrize("iso", [ISO])
+def test_sigterm_to_every_node_stops_the_job_everywhere(tmp_path, iso):
+    """What a scheduler's cancel does (scancel, a pod deleted): every supervisor SIGTERMed."""
+    with Cluster(tmp_path, steps=200, busy=0.1) as c:
+        c.start()
+        c.at_step(3)
+        for p in c.procs.values():
+            p.send_signal(signal.SIGTERM)
+        codes = c.wait(timeout=90)
+        assert codes == {0: 143, 1: 143}, c.tail()
+        time.sleep(0.5)
+        assert not c.leftovers(), c.tail()
+        for n in range(2):
+            assert any("interrupted" in (e.get("reason") or "") for e in c.of(n, "gave_up")), \
+                c.tail()
