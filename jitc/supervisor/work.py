@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import threading
 from collections import deque
@@ -23,6 +22,7 @@ from .. import private
 from ..causes import from_oserror
 from ..errors import JitcError
 from .planner import commands as C
+from .doorbell import Doorbell
 from .planner.reports import WorkDone
 
 
@@ -138,12 +138,11 @@ class Worker:
         self.root = root
         self._jobs: queue.Queue = queue.Queue()
         self._done: deque[WorkDone] = deque()
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
+        self._bell = Doorbell()
         self._thread: threading.Thread | None = None
 
     def fileno(self) -> int:
-        return self._r
+        return self._bell.fileno()
 
     def submit(self, work: C.Work) -> None:
         if self._thread is None:
@@ -152,32 +151,22 @@ class Worker:
         self._jobs.put(work)
 
     def drain(self) -> list[WorkDone]:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._bell.clear()
         out = []
         while self._done:
             out.append(self._done.popleft())
         return out
 
     def close(self) -> None:
-        """The write end is the thread's: it closes it when it stops (after its job)."""
-        if self._thread is None:
-            os.close(self._w)
-        else:
+        """A job still running finishes in its thread; its ring is then a no-op."""
+        if self._thread is not None:
             self._jobs.put(None)
-        os.close(self._r)
+        self._bell.close()
 
     def _serve(self) -> None:
         while True:
             work = self._jobs.get()
             if work is None:
-                os.close(self._w)
                 return
             self._done.append(attempt(work.job, work.token, self.root))
-            try:
-                os.write(self._w, b"x")
-            except OSError:      # the read end is closed: the supervisor is going
-                pass
+            self._bell.ring()

@@ -64,6 +64,7 @@ from torch import distributed as dist
 
 from ...errors import JitcError, UsageError
 from ...protocol import loads
+from ..doorbell import Doorbell
 from .topology import Topology
 
 HEAD = "head"
@@ -123,10 +124,7 @@ class Channel:
         self._last_entry = time.monotonic()    # anything popped proves the store alive
         self._stop = threading.Event()
         self._closed = False
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)     # a caller that never drains cannot block us
-        self._pipe_lock = threading.Lock()
+        self._bell = Doorbell()
         self._reader = threading.Thread(target=self._read_loop, args=(read_store,),
                                         name=f"jitc-channel-read-{node}", daemon=True)
         self._beater = threading.Thread(target=self._beat_loop, args=(beat_store,),
@@ -137,7 +135,7 @@ class Channel:
         _OPEN.add(self)
 
     def fileno(self) -> int:
-        return self._r
+        return self._bell.fileno()
 
     def send(self, dest: int | str, msg: dict) -> None:
         """Push ``msg`` onto ``dest``'s inbox (``HEAD`` or a node id), from the caller's
@@ -155,11 +153,7 @@ class Channel:
 
     def drain(self) -> list[dict]:
         """The messages received since the last drain, in order."""
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._bell.clear()
         out = []
         while self._inbox:
             out.append(self._inbox.popleft())
@@ -192,10 +186,7 @@ class Channel:
             payload = json.dumps(farewell, separators=(",", ":"), allow_nan=False).encode()
             with self._send_lock:
                 self._push(self._send_store, 0, payload)
-        with self._pipe_lock:
-            os.close(self._w)
-            self._w = None
-        os.close(self._r)
+        self._bell.close()
         self._send_store = self._base = None
         _OPEN.discard(self)
 
@@ -274,13 +265,7 @@ class Channel:
         self._notify()
 
     def _notify(self) -> None:
-        with self._pipe_lock:
-            if self._w is None:
-                return
-            try:
-                os.write(self._w, b"x")
-            except BlockingIOError:
-                pass               # full: already readable
+        self._bell.ring()
 
 
 @atexit.register

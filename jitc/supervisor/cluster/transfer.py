@@ -503,6 +503,20 @@ def _fetch_stripe(peer: _Peer, land: _Landing, rel: str, tmp: Path, m: dict[str,
     land.place(tmp, name)
 
 
+def _small_landing(peer: _Peer, rel: str, parts: list[str], root: Path, sha256: str | None,
+                   what: str) -> tuple[bytes, _Landing]:
+    """A manifest or index fetched whole and checked against the sha256 it was published
+    with, and the directory it lands in (nothing created before the check)."""
+    try:
+        raw = peer.small(rel)
+        got = hashlib.sha256(raw).hexdigest()
+        if sha256 is not None and not hmac.compare_digest(got, sha256):
+            raise TransferError(f"{what} sha256 {got[:16]}..., expected {sha256[:16]}...")
+        return raw, _Landing(root, parts[:-1])
+    except (TransferError, OSError) as e:
+        raise _failed(peer, rel, e) from None
+
+
 def fetch_shard(address: tuple[str, int], token: bytes, root: Path, shard_dir: str,
                 manifest_sha256: str | None, *, timeout_s: float = 60.0) -> Fetched:
     """Make ``root/shard_dir`` (relative to the snapshot root, as layout.py names it:
@@ -515,15 +529,7 @@ def fetch_shard(address: tuple[str, int], token: bytes, root: Path, shard_dir: s
     if parts is None:
         raise TransferError(f"fetch {shard_dir!r}: not a snapshot or shard directory name")
     peer, rel = _Peer(address, token, timeout_s), "/".join(parts)
-    try:
-        raw = peer.small(rel)
-        got = hashlib.sha256(raw).hexdigest()
-        if manifest_sha256 is not None and not hmac.compare_digest(got, manifest_sha256):
-            raise TransferError(f"manifest sha256 {got[:16]}..., expected "
-                                f"{manifest_sha256[:16]}...")
-        land = _Landing(root, parts[:-1])
-    except (TransferError, OSError) as e:
-        raise _failed(peer, rel, e) from None
+    raw, land = _small_landing(peer, rel, parts, root, manifest_sha256, "manifest")
     tmp = None
     try:
         mtmp = tmp = land.write(layout.MANIFEST, raw)
@@ -559,14 +565,7 @@ def fetch_index(address: tuple[str, int], token: bytes, root: Path, snap_dir: st
     if parts is None:
         raise TransferError(f"fetch {snap_dir!r}: not a snapshot directory name")
     peer, rel = _Peer(address, token, timeout_s), "/".join(parts)
-    try:
-        raw = peer.small(rel)
-        got = hashlib.sha256(raw).hexdigest()
-        if sha256 is not None and not hmac.compare_digest(got, sha256):
-            raise TransferError(f"index sha256 {got[:16]}..., expected {sha256[:16]}...")
-        land = _Landing(root, parts[:-1])
-    except (TransferError, OSError) as e:
-        raise _failed(peer, rel, e) from None
+    raw, land = _small_landing(peer, rel, parts, root, sha256, "index")
     tmp = None
     try:
         tmp = land.write(layout.INDEX, raw)
