@@ -198,7 +198,8 @@ def test_a_replacement_node_joining_late_gets_the_attempt_and_the_state_it_lacks
     j.router._located[ROOT / "snap-a0-s4"] = {0: Located(0, ROOT / "snap-a0-s4", "cd" * 32)}
     j.router.beats({1: 1}, 6.0)
     assert not j.router.nodes[1].alive
-    # Planner restarts (simulate directly the StartJob the planner would issue)
+    # The planner restarted (its state and the StartJob it issues, set here directly)
+    j.planner.state = State.STARTING
     j.router._route([C.StartJob(1, ROOT / "snap-a0-s4" / "manifest.json")], 7.0)
     assert [n for n, _ in j.router.remote] == []          # node 1 is not there
     j.router.joined(1, "inc1-new", ("10.0.0.9", 7009, "ee"), 8.0)
@@ -250,3 +251,26 @@ def test_a_fallback_found_on_one_node_is_fetched_by_the_others_index_last(tmp_pa
                             C.Fetch(stages, *FILES[1], "ix", index=True))
     (start1,) = of(j.remote(1), C.StartJob)
     assert start1.fetch == ()
+
+
+def test_a_node_lost_while_every_node_prepares_does_not_fail_the_snapshot(tmp_path):
+    j = Job(tmp_path)
+    j.start()
+    j.router.beats({1: 1}, 0.0)
+    j.router._route([C.Work(5, C.Prepare(0, 4, 1, {0: 2}))], 0.0)
+    j.router._take(), j.remote()
+    j.router.report(0, R.WorkDone(5, {"base": ROOT / "b", "id": "b", "dirs": {}, "files": {}}), 1.0)
+    assert 5 in j.router._fanouts                 # node 1 still owes its answer
+    j.router.beats({1: 1}, 7.0)                   # ... and is lost
+    assert 5 not in j.router._fanouts
+
+
+def test_a_replacement_that_joins_during_a_recovery_waits_for_the_next_attempt(tmp_path):
+    j = Job(tmp_path)
+    j.start()
+    j.take_local(), j.remote()
+    j.router.beats({1: 1}, 0.0)
+    j.router.beats({1: 1}, 6.0)                    # node 1 lost: its ranks crashed
+    assert j.planner.state is not State.RUNNING
+    j.router.joined(1, "inc1-new", ("10.0.0.9", 7009, "ee"), 6.5)
+    assert not of(j.remote(1), C.StartJob)         # not the attempt being recovered

@@ -34,6 +34,7 @@ from ..classify import Failure
 from ..planner import Planner
 from ..planner import commands as C
 from ..planner import reports as R
+from ..state import State
 
 EVERY_NODE = (C.Survey, C.Prepare, C.Seal, C.FindFallback)
 
@@ -104,7 +105,10 @@ class Router:
         if node != self.me:
             detail = "a replacement" if known is not None else None
             self._emit("node_joined", now, node=node, detail=detail)
-        if self._start is not None and node not in self._started:
+        if (self._start is not None and node not in self._started
+                and self.planner.state in (State.STARTING, State.RUNNING)):
+            # Late for this attempt's start (the others wait for it at the rendezvous). A
+            # node that joins during a recovery starts with the next attempt instead.
             self._start_on(node)
         self._check_short(now)
         return self._take()
@@ -140,7 +144,14 @@ class Router:
                     extra={"detail": f"node {node} lost: {why}"})), now)
                 self._feed(R.Gone(r), now)
         for token, fan in list(self._fanouts.items()):
-            if node in fan.waiting:
+            if node not in fan.waiting:
+                continue
+            if isinstance(fan.job, EVERY_NODE):     # its disk no longer matters
+                fan.waiting.discard(node)
+                if not fan.waiting:
+                    del self._fanouts[token]
+                    self._feed(self._merge(token, fan), now)
+            else:
                 self._answer(token, node, R.WorkDone(token, error=f"node {node} lost ({why})"), now)
         if self._stopping is not None and node in self._stopping:
             self._stopping.discard(node)
