@@ -292,13 +292,14 @@ class Supervisor:
         self.job_exited = False
         self.sel.register(self.job.pidfd, selectors.EVENT_READ, self.job)
         _warm_up_snapshot_module()
-        self._prepare_standby(cmd.attempt, cmd.resume)
+        # Stamped when the job started, before the next standby is spawned (~0.4 s).
         self.events.emit("start", cmd.attempt, pid=self.job.pid, command=list(self.opts.command),
                          node=self.cluster.channel.node if self.cluster is not None else None,
                          run_dir=str(self.opts.run_dir), socket=str(self.server.path),
                          resume=str(cmd.resume) if cmd.resume else None,
                          inject=[str(s) for s in self.opts.injects] or None,
                          launcher="standby" if popen else "cold")
+        self._prepare_standby(cmd.attempt, cmd.resume)
         self._feed(R.JobStarted(self.job.pid))
 
     def _prepare_standby(self, attempt: int, resume: Path | None) -> None:

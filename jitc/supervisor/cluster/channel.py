@@ -50,6 +50,7 @@ import atexit
 import errno
 import json
 import os
+import random
 import re
 import socket
 import stat
@@ -97,12 +98,23 @@ class Channel:
             raise UsageError(f"node 0 cannot host the coordination store on port "
                              f"{topo.store_port}: address in use (another job's store or "
                              "a second --node-rank 0 holds it)")
+        deadline = time.monotonic() + connect_timeout_s
         if listener is None:
             _await_listener(topo.store_host, topo.store_port, connect_timeout_s)
-        before = _sockets_to(topo.store_port)
-        stores = _within(op_timeout_s, f"the coordination store at {where}",
-                         lambda: _stores(topo, listener, op_timeout_s),
-                         lambda: _new_sockets(topo.store_port, before))
+        while True:
+            before = _sockets_to(topo.store_port)
+            try:
+                stores = _within(op_timeout_s, f"the coordination store at {where}",
+                                 lambda: _stores(topo, listener, op_timeout_s),
+                                 lambda: _new_sockets(topo.store_port, before))
+                break
+            except JitcError:
+                # Many nodes connecting at once can leave a handshake unanswered (seen
+                # with torch 2.13 on a loaded machine): again, with jitter, until the
+                # deadline.
+                if listener is not None or time.monotonic() + op_timeout_s > deadline:
+                    raise
+                time.sleep(random.uniform(0.05, 0.5))
         return cls(topo, *stores, _new_sockets(topo.store_port, before),
                    op_timeout_s=op_timeout_s, heartbeat_s=heartbeat_s)
 
