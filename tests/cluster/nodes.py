@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,13 +44,16 @@ ISOLATED = isolation()
 
 
 def free_ports(n: int) -> int:
-    """A base port with ``n`` consecutive free ports (the rendezvous and the store)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
+    """A base port with ``n`` consecutive free ports (the rendezvous and the store), below
+    the kernel's ephemeral range: a port the OS hands out for an outgoing connection or a
+    port-0 listener (the nodes' file servers, gloo) cannot take it meanwhile."""
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        base = rng.randrange(10000, max(10001, low - n))
         ok = True
         for p in range(base, base + n):
             with socket.socket() as t:
