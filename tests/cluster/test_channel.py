@@ -19,13 +19,13 @@ from jitc.errors import JitcError, UsageError
 from jitc.supervisor.cluster.channel import HEAD, Channel
 from jitc.supervisor.cluster.topology import Topology
 
+from .nodes import free_ports
+
 FAST = {"op_timeout_s": 2.0, "heartbeat_s": 0.1}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)        # below the ephemeral range: nothing takes it meanwhile
 
 
 def topology(port: int, backend: str = "static", node_rank: int | None = 0,
