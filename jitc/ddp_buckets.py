@@ -19,7 +19,8 @@ Nothing runs per step: the order is recorded once, the Reducer replaced once per
 
 Every rank of the DDP group resumes from the same snapshot, hence the same order; the
 rebuild broadcasts rank 0's buckets like DDP's own rebuild does. A DDP that never rebuilds
-(``find_unused_parameters`` without ``static_graph``) needs nothing. One whose Reducer
+(``find_unused_parameters`` without ``static_graph``), or whose buckets the script already
+rebuilt before ``protect()`` (its layout is then the same in every attempt), needs nothing. One whose Reducer
 cannot be rebuilt this way (the Python reducer, mixed precision, a built-in comm hook, no
 Reducer at all) resumes with DDP's initial layout, with a warning.
 """
@@ -44,6 +45,10 @@ def find(model: torch.nn.Module):
         if not isinstance(model, torch.nn.Module):
             return None
     if getattr(model, "reducer", None) is None:     # every parameter's all-reduce is delayed
+        return None
+    if getattr(model, "_has_rebuilt_buckets", False):
+        # Its layout is fixed already (the script rebuilt it before protect(), as
+        # examples/ddp_train.py does): every attempt reduces in it; nothing to impose.
         return None
     return model if model.static_graph or not model.find_unused_parameters else None
 

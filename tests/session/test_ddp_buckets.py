@@ -115,3 +115,13 @@ def test_only_a_ddp_that_rebuilds_its_buckets_is_found(group):
     assert ddp_buckets.find(_ddp(find_unused_parameters=True)) is None   # never rebuilds
     ddp = _ddp(find_unused_parameters=True, static_graph=True)
     assert ddp_buckets.find(ddp) is ddp
+
+
+def test_a_ddp_whose_script_fixed_its_layout_before_protect_is_left_alone(group):
+    """examples/ddp_train.py rebuilds its buckets at construction (pin_bucket_layout): every
+    attempt reduces in that layout, and imposing a ready order would break the equality."""
+    ddp = _ddp()
+    ddp.reducer._push_all_rebuilt_params()
+    assert ddp.reducer._rebuild_buckets()
+    ddp._has_rebuilt_buckets = True
+    assert ddp_buckets.find(ddp) is None
