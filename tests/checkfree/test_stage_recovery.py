@@ -168,5 +168,8 @@ def test_periodic_snapshots_of_every_stage_are_assembled_for_resume(tmp_path):
     assert layout.resume_manifest(index, 1, 2) == shards[1]
     assert latest_complete_stages(tmp_path, 2) == index      # found again, not rewritten
     from jitc.supervisor.work import find_fallback
-    assert find_fallback(tmp_path, 2) == {"manifest": index, "step": 4}   # the restart's step
+    found = find_fallback(tmp_path, 2)
+    assert (found["manifest"], found["step"]) == (index, 4)   # the restart's step
+    # ... and where its shards lie, for a node that lacks them (cluster/router.py)
+    assert set(found["dirs"]) == {0, 1} and found["index_sha256"]
     assert latest_complete_stages(tmp_path, 3) is None

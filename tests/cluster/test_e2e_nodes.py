@@ -4,9 +4,9 @@ Each node is its own ``jitc supervise -- torchrun --nnodes N --node-rank k ...``
 own run directory, which the other nodes cannot see (tests/cluster/nodes.py: a mount
 namespace per node). Every run must end bitwise equal to the fault-free run of the same
 nodes, having *resumed* (not restarted from step 0) with at most one step replayed, and
-every node's event log must tell the same story: who failed, on which node. Three of the
+every node's event log must tell the same story: who failed, on which node. Five of the
 scenarios are marked ``slow`` to keep the default suite's time (``pytest -m slow
-tests/cluster``); each takes ~30 s.
+tests/cluster``); each takes 20-50 s.
 """
 from __future__ import annotations
 
@@ -144,6 +144,7 @@ def test_a_whole_node_killed_and_replaced_with_an_empty_disk(tmp_path, reference
         assert c.of(1, "state_fetched"), c.tail()        # the replacement got it over the wire
 
 
+@pytest.mark.slow     # the default suite keeps the others (time)
 @pytest.mark.parametrize("iso", [ISO])
 def test_three_nodes_crash_on_the_last(tmp_path, reference, iso):
     with Cluster(tmp_path, nnodes=3, per_node=1, inject=("crash@rank=2,step=6",),
@@ -169,6 +170,7 @@ def test_the_head_node_lost_ends_every_node_clearly_with_no_orphan(tmp_path, iso
         assert not alive and not c.leftovers(), (alive, c.tail())
 
 
+@pytest.mark.slow     # the default suite keeps the others (time)
 @pytest.mark.parametrize("iso", [ISO])
 def test_a_lost_node_that_does_not_come_back_stops_the_job_with_a_clear_message(tmp_path, iso):
     with Cluster(tmp_path, steps=200, busy=0.1, join_timeout=5.0) as c:
