@@ -319,7 +319,7 @@ class Supervisor:
         and the restart waits on the stop (torchrun alone takes ~0.5 s over a SIGTERM)."""
         self._fetching = None
         if self.job is None:
-            return R.JobStopped(0.0, None, [], [])
+            return R.JobStopped(0.0, None, 0, [])
         for conn in list(self.rank_conn.values()):
             conn.send(Msg.RELEASE, {})
         if not self.job_exited:

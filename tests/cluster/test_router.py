@@ -274,3 +274,14 @@ def test_a_replacement_that_joins_during_a_recovery_waits_for_the_next_attempt(t
     assert j.planner.state is not State.RUNNING
     j.router.joined(1, "inc1-new", ("10.0.0.9", 7009, "ee"), 6.5)
     assert not of(j.remote(1), C.StartJob)         # not the attempt being recovered
+
+
+def test_the_stops_of_every_node_become_one_for_the_planner(tmp_path):
+    j = Job(tmp_path)
+    j.start()
+    j.router._route([C.StopJob(None, None)], 1.0)
+    j.router._take(), j.remote()
+    j.router.report(0, R.JobStopped(0.5, -15, 1, [7]), 1.2)
+    assert j.router._stopping == {1}
+    j.router.report(1, R.JobStopped(0.0, None, 0, []), 1.3)    # a node whose job was down
+    assert j.router._stopping is None
