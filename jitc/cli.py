@@ -87,11 +87,12 @@ def export_dcp_cmd(snapshot: Path, out: Path) -> int:
 @click.option("--coord-port", type=int, default=None,
               help="Several nodes: the port of the supervisors' store on the rendezvous host "
                    "(default: the rendezvous port + 1).")
-@click.option("--node-timeout", type=float, default=5.0, show_default=True,
-              help="Several nodes: seconds without a node's heartbeat before it is lost.")
-@click.option("--join-timeout", type=float, default=120.0, show_default=True,
+@click.option("--node-timeout", type=float, default=None,
+              help="Several nodes: seconds without a node's heartbeat before it is lost "
+                   "(default 5).")
+@click.option("--join-timeout", type=float, default=None,
               help="Several nodes: seconds for every node to join (at the start, and after a "
-                   "node was lost) before the job stops.")
+                   "node was lost) before the job stops (default 120).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, snapshot_timeout,
                   no_standby, injects, lib, coord_port, node_timeout, join_timeout,
@@ -128,7 +129,9 @@ def supervise_cmd(run_dir, max_restarts, hang_timeout, grace, restart_grace, sna
                    max_restarts=max_restarts, hang_timeout_s=hang_timeout,
                    grace_s=grace, restart_grace_s=restart_grace,
                    snapshot_timeout_s=snapshot_timeout, standby=not no_standby,
-                   topology=topology, node_timeout_s=node_timeout, join_timeout_s=join_timeout)
+                   topology=topology, **{k: v for k, v in (("node_timeout_s", node_timeout),
+                                                           ("join_timeout_s", join_timeout))
+                                         if v is not None})
     result = Supervisor(opts).run()
     return int(result.exit_code)
 

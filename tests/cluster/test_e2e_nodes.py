@@ -42,6 +42,14 @@ def reference(tmp_path_factory):
     return get
 
 
+def assert_resumed(c: Cluster, node: int) -> None:
+    """Every rank resumed (not restarted from step 0), replaying at most one step."""
+    resumed = c.of(node, "resumed")
+    assert len(resumed) == c.nnodes * c.per_node, (node, c.tail())
+    assert all(e["step"] > 0 and e["replayed"] is not None and e["replayed"] <= 1
+               for e in resumed), resumed
+
+
 def assert_recovered(c: Cluster, ref, *, root_cause: set[int], restarts: int = 1) -> None:
     codes = c.wait()
     assert set(codes.values()) == {0}, c.tail()
@@ -101,7 +109,7 @@ def test_two_ranks_on_two_nodes_at_once(tmp_path, reference, iso):
         for n in range(2):
             restarts = c.of(n, "restart")
             assert len(restarts) == 1, c.tail()     # one decision for both failures
-            assert all(e["step"] > 0 and e["replayed"] <= 1 for e in c.of(n, "resumed"))
+            assert_resumed(c, n)
 
 
 @pytest.mark.slow     # the default suite keeps the others (time)
@@ -115,7 +123,7 @@ def test_a_nodes_torchrun_killed(tmp_path, reference, iso):
         assert set(codes.values()) == {0}, c.tail()
         assert_bitwise_equal(c.weights(), reference(2, 2))
         for n in range(2):
-            assert all(e["step"] > 0 and e["replayed"] <= 1 for e in c.of(n, "resumed")), c.tail()
+            assert_resumed(c, n)
 
 
 @pytest.mark.parametrize("iso", [ISO])
